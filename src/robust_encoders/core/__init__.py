@@ -1,0 +1,1 @@
+"""Shared building blocks used by training, attacks and evaluation (no CLI, no I/O)."""
