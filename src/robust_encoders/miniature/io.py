@@ -73,7 +73,7 @@ def load_pipeline(path: str | os.PathLike | None = None, *, torch_dtype=torch.fl
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline.from_pretrained(
-        _weights_dir(path) / "pipeline", torch_dtype=torch_dtype, local_files_only=True
+        _weights_dir(path) / "pipeline", dtype=torch_dtype, local_files_only=True
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device) if device is not None else pipe

@@ -1,0 +1,145 @@
+"""The miniature world: labels match drawings, shipped weights load offline, quality holds, builds are deterministic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from robust_encoders.miniature import (
+    COLOURS,
+    CONCEPTS,
+    OBJECTS,
+    STYLES,
+    get_concept,
+    load_detector,
+    load_pipeline,
+    render_scene,
+    sample_scenes,
+)
+from robust_encoders.miniature.captions import HELDOUT_TEMPLATES, TRAIN_TEMPLATES, caption
+
+
+def _object_mask(img: np.ndarray, threshold: float = 60) -> np.ndarray:
+    """Pixels of the (saturated) object: backgrounds are grey, objects are coloured."""
+    f = img.astype(np.float64)
+    return (f.max(-1) - f.min(-1)) > threshold
+
+
+def _hull_area(points: np.ndarray) -> float:
+    pts = sorted(map(tuple, points))
+
+    def half(seq):
+        h = []
+        for p in seq:
+            while len(h) >= 2 and (h[-1][0] - h[-2][0]) * (p[1] - h[-2][1]) - (h[-1][1] - h[-2][1]) * (p[0] - h[-2][0]) <= 0:
+                h.pop()
+            h.append(p)
+        return h
+
+    hull = half(pts)[:-1] + half(pts[::-1])[:-1]
+    x, y = np.array(hull, dtype=float).T
+    return 0.5 * abs(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1)))
+
+
+@pytest.mark.parametrize("colour", COLOURS)
+def test_drawn_colour_matches_label(colour):
+    rng = np.random.default_rng(1)
+    for obj in OBJECTS:
+        img = render_scene(obj, colour, "plain", rng, size=64)
+        mask = _object_mask(img)
+        mean = img[mask].mean(0)
+        dists = {c: np.linalg.norm(mean - np.array(CONCEPTS[c].rgb)) for c in COLOURS}
+        assert min(dists, key=dists.get) == colour
+
+
+def test_drawn_object_shape_matches_label():
+    """Convex objects fill their hull; star, cross and heart do not."""
+    rng = np.random.default_rng(2)
+    solidity = {}
+    for obj in OBJECTS:
+        vals = []
+        for _ in range(5):
+            mask = _object_mask(render_scene(obj, "blue", "plain", rng, size=128))
+            ys, xs = np.nonzero(mask)
+            vals.append(mask.sum() / _hull_area(np.stack([xs, ys], 1)))
+        solidity[obj] = float(np.mean(vals))
+    for obj in ("circle", "square", "triangle"):
+        assert solidity[obj] > 0.93, solidity
+    assert solidity["star"] < 0.7, solidity
+    assert solidity["cross"] < 0.8, solidity
+    assert 0.8 < solidity["heart"] < 0.97, solidity
+
+
+def test_drawn_style_matches_label():
+    rng = np.random.default_rng(3)
+    for style in STYLES:
+        for _ in range(4):
+            img = render_scene("circle", "red", style, rng, size=64).astype(float)
+            bg = img[~_object_mask(img.astype(np.uint8), threshold=2)]  # edges count as object
+            spread = bg.std()
+            if style == "plain":
+                assert spread < 3, spread
+            else:
+                assert spread > 15, (style, spread)
+
+
+def test_sample_scenes_is_seeded_and_labelled():
+    a, b = sample_scenes(16, seed=7), sample_scenes(16, seed=7)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.objects, b.objects)
+    assert a.images.shape == (16, 32, 32, 3) and a.images.dtype == np.uint8
+    assert set(a.labels(0)) <= set(OBJECTS) | set(COLOURS) | set(STYLES)
+
+
+def test_captions_use_synonyms_and_heldout_templates_are_disjoint():
+    assert not set(TRAIN_TEMPLATES) & set(HELDOUT_TEMPLATES)
+    rng = np.random.default_rng(0)
+    texts = {caption("star", "red", "dots", rng) for _ in range(200)}
+    assert any("pentagram" in t for t in texts) and any("crimson" in t for t in texts)
+    assert get_concept("Pentagram").name == "star"
+    with pytest.raises(KeyError, match="Did you mean"):
+        get_concept("strar")
+
+
+def test_shipped_pipeline_loads_offline_and_generates(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    pipe = load_pipeline()
+    assert pipe.text_encoder.config.vocab_size == 49408
+    assert pipe.tokenizer("a red star").input_ids[0] == 49406
+    out = pipe(["a red star on a striped background"] * 2, num_inference_steps=2,
+               generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert out.shape == (2, 32, 32, 3) and np.isfinite(out).all()
+
+
+def test_build_is_seeded_and_resumes_exactly(tmp_path):
+    from safetensors.torch import load_file
+
+    from robust_encoders.miniature.build import BuildConfig, build_world
+
+    def run(out, steps, stages=("vae",)):
+        cfg = BuildConfig(vae_steps=steps, vae_batch=8, checkpoint_every=2, stages=stages, threads=1)
+        build_world(out, cfg)
+
+    run(tmp_path / "a", 4)
+    run(tmp_path / "b", 4)
+    # interrupted after 2 steps: keep the checkpoint, drop the finished stage, resume to 4
+    import json
+    import shutil
+
+    run(tmp_path / "c", 2)
+    shutil.rmtree(tmp_path / "c" / "stages")
+    cfg = json.loads((tmp_path / "c" / "build_config.json").read_text())
+    cfg["vae_steps"] = 4
+    (tmp_path / "c" / "build_config.json").write_text(json.dumps(cfg))
+    run(tmp_path / "c", 4)
+    w = [load_file(tmp_path / d / "stages" / "vae" / "diffusion_pytorch_model.safetensors") for d in "abc"]
+    for k in w[0]:
+        assert torch.equal(w[0][k], w[1][k]), k
+        assert torch.equal(w[0][k], w[2][k]), k
+
+
+def test_shipped_detector_meets_accuracy_bar():
+    from robust_encoders.miniature.report import detector_accuracy
+
+    acc = detector_accuracy(load_detector(), n=500, seed=2024)
+    assert min(acc.values()) >= 0.98, acc
