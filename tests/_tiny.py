@@ -223,3 +223,54 @@ def encoder_outputs(encoder, prompt: str = "a photo of a church") -> torch.Tenso
     ids = tok(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
     with torch.no_grad():
         return encoder(ids.to(encoder.device))[0].float()
+
+
+def populate_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:
+    """Lay files out exactly as ``huggingface_hub`` caches a download (``models--org--name/refs`` +
+    ``snapshots/<commit>/...``), so Hub ids resolve offline against ``cache_dir``.
+
+    ``files`` maps a path inside the repo to a local file (copied) or ``bytes``. Returns the commit hash.
+    """
+    import hashlib
+    import shutil
+    from pathlib import Path
+
+    cache_dir = Path(cache_dir)
+    storage = cache_dir / ("models--" + repo_id.replace("/", "--"))
+    digest = hashlib.sha1(repo_id.encode())
+    for rel in sorted(files):
+        digest.update(rel.encode())
+    commit = digest.hexdigest()
+    snapshot = storage / "snapshots" / commit
+    for rel, src in files.items():
+        dest = snapshot / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(src, bytes):
+            dest.write_bytes(src)
+        else:
+            shutil.copyfile(src, dest)
+    (storage / "refs").mkdir(parents=True, exist_ok=True)
+    (storage / "refs" / revision).write_text(commit)
+    return commit
+
+
+def save_legacy_bin_folder(model, folder) -> None:
+    """Save ``model`` the way transformers 4.x did: config.json + pytorch_model.bin with ``text_model.`` keys and
+    the old persistent ``position_ids`` buffer (what the AdvUnlearn encoders on the Hub look like)."""
+    import json
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {}
+    for key, value in model.state_dict().items():
+        state[key if key.startswith("text_model.") or key.startswith("text_projection") else f"text_model.{key}"] = (
+            value.clone()
+        )
+    n_pos = model.config.max_position_embeddings
+    state["text_model.embeddings.position_ids"] = torch.arange(n_pos).expand((1, -1)).clone()
+    torch.save(state, folder / "pytorch_model.bin")
+    config = model.config.to_dict()
+    config["architectures"] = [type(model).__name__]
+    config["transformers_version"] = "4.28.0"
+    (folder / "config.json").write_text(json.dumps(config, indent=2))

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .captions import caption
-from .concepts import COLOURS, OBJECTS, STYLES
 from .models import ConceptDetector, build_clip, build_scheduler, build_unet, build_vae
 from .scenes import sample_scenes
 

@@ -66,7 +66,7 @@ def pipeline_accuracy(pipe, detector, *, prompts_per_object: int = 4, seeds_per_
         for j in range(prompts_per_object):
             c, s = COLOURS[rng.integers(len(COLOURS))], STYLES[rng.integers(len(STYLES))]
             p = caption(o, c, s, rng, heldout=j % 2 == 1)
-            for k in range(seeds_per_prompt):
+            for _ in range(seeds_per_prompt):
                 prompts.append(p)
                 seeds.append(seed * 100_000 + len(seeds))
                 labels.append((OBJECTS.index(o), COLOURS.index(c), STYLES.index(s)))

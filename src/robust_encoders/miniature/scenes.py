@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-from .concepts import CONCEPTS, COLOURS, OBJECTS, STYLES
+from .concepts import COLOURS, CONCEPTS, OBJECTS, STYLES
 
 __all__ = ["IMAGE_SIZE", "SceneBatch", "render_scene", "sample_scenes", "object_polygon"]
 

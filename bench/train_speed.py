@@ -1,0 +1,303 @@
+"""Training speed and memory: our defaults vs the AdvUnlearn reference settings, side by side.
+
+Rows per model:
+
+* ``reference``: AdvUnlearn's settings and structure, emulated with our trainer's switches:
+  30 attack steps (k=1, prefix), a fresh x_t every iteration (DDIM from noise down to a random
+  step, for the concept *and* for the 5 retain prompts), two model copies (a second frozen
+  UNet for the original branch: ``engine.share_unet=false``), the frozen encoder re-run on
+  every call (``engine.cache_original=false``), separate UNet passes for the unlearning and
+  retain losses (``engine.fused_unet_batch=false``).
+* ``ours``: the recipe defaults (``recipes/miniature_default.yaml`` on the miniature model,
+  ``recipes/advunlearn_sd14.yaml`` on the SD-1.5-sized model: same hyper-parameters as the
+  reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, fused passes).
+
+Models: the embedded miniature pipeline, and an SD-1.5-sized pipeline with random weights
+built from config (CLIP text encoder 768 x 12 layers, vocabulary 49,408; UNet 320/640/1280/1280;
+64x64 latents; batch 1). Weights do not matter for speed or memory.
+
+Each configuration runs in its own subprocess, so peak memory (``ru_maxrss``; CUDA:
+``max_memory_allocated``) is that configuration's alone. The miniature rows are measured over
+whole iterations. On a CPU the SD-1.5-sized rows would take hours per reference iteration, so
+they run ``--sd-iterations`` iterations with ``--sd-attack-steps`` attack steps and
+``--sd-ddim-steps`` DDIM steps, and the full-setting time per iteration is *computed* from the
+measured per-call costs (attack step, UNet CFG call at each batch size, update pass); the table
+says so and lists the measured unit costs.
+
+Usage:
+    OMP_NUM_THREADS=2 python bench/train_speed.py                 # both models, writes bench/results/train_speed.md
+    python bench/train_speed.py --models miniature --iterations 21
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RECIPES = ROOT / "recipes"
+
+REFERENCE_ENGINE = [
+    "sampling.pool=0", "sampling.retain_pool=0", "engine.share_unet=false", "engine.cache_original=false",
+    "engine.fused_unet_batch=false",
+]
+ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied to any base model
+    "attack.steps=30", "attack.lr=1e-3", "attack.k=1", "attack.position=prefix", "attack.init=warm", "attack.every=1",
+    "unlearn.ddim_steps=50", "unlearn.batch_size=1", "unlearn.include_clean=false", "retain.batch_size=5",
+    "retain.space=unet", "retain.include_empty=false",
+]
+COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# worker (one configuration, in its own process)
+# ----------------------------------------------------------------------------------------------------------------
+def _rss_mb() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 1024 if platform.system() != "Darwin" else r / 1024 / 1024
+
+
+def _sd15_pipeline(seed: int = 0):
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from robust_encoders.miniature.models import build_scheduler
+    from robust_encoders.tokenization import load_clip_tokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=(320, 640, 1280, 1280),
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=768, attention_head_dim=8,
+    )
+    te = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+        pad_token_id=49407, projection_dim=768,
+    ))
+    return argparse.Namespace(unet=unet, text_encoder=te.eval(), tokenizer=load_clip_tokenizer(),
+                              scheduler=build_scheduler("ddim"))
+
+
+def worker(spec: dict) -> dict:
+    import diffusers  # noqa: F401  (imported before the baseline so it counts as interpreter overhead)
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+
+    from robust_encoders.training import Trainer, load_recipe
+
+    rss_start = _rss_mb()
+    cfg = load_recipe(spec["recipe"], spec["overrides"])
+    if spec["model"] == "miniature":
+        from robust_encoders.miniature import load_pipeline
+
+        pipe = load_pipeline()
+    else:
+        pipe = _sd15_pipeline()
+    rss_models = _rss_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        trainer = Trainer(cfg, Path(tmp) / "run", pipeline=pipe)
+        del pipe
+        trainer.run()
+        wall = time.perf_counter() - t0
+        log = [json.loads(ln) for ln in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
+    pools = {}
+    for name, pool in (("forget", trainer.forget_pool), ("retain", trainer.retain_pool)):
+        if pool is not None:
+            batch = pool.refresh if pool.size else (cfg.unlearn.batch_size if name == "forget" else cfg.retain.batch_size)
+            pools[name] = {"calls": pool.unet_calls, "seconds": pool.seconds, "batch": batch, "size": pool.size,
+                           "refresh": pool.refresh, "refresh_every": pool.refresh_every}
+    out = {
+        "steps": [r for r in log if "event" not in r],
+        "pools": pools,
+        "wall_s": wall,
+        "rss_start_mb": rss_start,
+        "rss_models_mb": rss_models,
+        "peak_rss_mb": _rss_mb(),
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
+        "device": str(trainer.device),
+        "threads": torch.get_num_threads(),
+    }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# driver
+# ----------------------------------------------------------------------------------------------------------------
+def run_config(spec: dict) -> dict:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          env=env, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker failed for {spec['name']}:\n{proc.stderr[-4000:]}")
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
+    return json.loads(line[len("RESULT "):])
+
+
+def _mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else float("nan")
+
+
+def measured_iteration(res: dict) -> float:
+    """Mean wall time per iteration, skipping the first (it fills the trajectory pools once)."""
+    steps = res["steps"][1:] or res["steps"]
+    return _mean(r["time_s"] for r in steps)
+
+
+def per_call(pool: dict) -> float:
+    return pool["seconds"] / max(pool["calls"], 1)
+
+
+def scaled_iteration(res: dict, *, attack_steps_run: int, attack_steps: int, ddim_steps: int, ours: bool) -> tuple[float, dict]:
+    """Full-setting time per iteration from measured unit costs (see the module docstring)."""
+    steps = res["steps"][1:] or res["steps"]
+    t_attack_step = _mean(r["t_attack"] for r in steps) / max(attack_steps_run, 1)
+    t_update = _mean(r["t_update"] for r in steps)
+    sampling = 0.0
+    units = {"attack_step_s": t_attack_step, "update_s": t_update}
+    for name, pool in res["pools"].items():
+        c = per_call(pool)
+        units[f"cfg_call_{name}_b{pool['batch']}_s"] = c
+        if ours and pool["size"]:
+            # a refresh replaces `refresh` trajectories (one batched DDIM run) every `refresh_every` iterations
+            sampling += ddim_steps * c / pool["refresh_every"]
+        else:
+            sampling += (ddim_steps + 1) / 2 * c  # fresh run to a uniform random step: E[stop + 1] calls
+    units["sampling_per_iter_s"] = sampling
+    return t_update + attack_steps * t_attack_step + sampling, units
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--models", default="miniature,sd15", help="Comma-separated: miniature, sd15.")
+    ap.add_argument("--iterations", type=int, default=21, help="Miniature: iterations per configuration.")
+    ap.add_argument("--reference-iterations", type=int, default=8, help="Miniature reference: iterations.")
+    ap.add_argument("--sd-iterations", type=int, default=2, help="SD-1.5-sized: iterations actually run.")
+    ap.add_argument("--sd-attack-steps", type=int, default=2, help="SD-1.5-sized: attack steps actually run.")
+    ap.add_argument("--sd-ddim-steps", type=int, default=4, help="SD-1.5-sized: DDIM steps actually run.")
+    ap.add_argument("--concept", default="star", help="Miniature concept.")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_speed.md"))
+    args = ap.parse_args(argv)
+    if args.worker:
+        print("RESULT " + json.dumps(worker(json.loads(args.worker))), flush=True)
+        return 0
+
+    rows, notes = [], []
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if "miniature" in models:
+        mini = str(RECIPES / "miniature_default.yaml")
+        base = [f"concept.name={args.concept}", *COMMON]
+        specs = {
+            "reference": dict(name="miniature/reference", model="miniature", recipe=mini,
+                              overrides=[*base, *ADVUNLEARN, *REFERENCE_ENGINE, f"iterations={args.reference_iterations}"]),
+            "ours": dict(name="miniature/ours", model="miniature", recipe=mini,
+                         overrides=[*base, f"iterations={args.iterations}"]),
+        }
+        res = {k: run_config(v) for k, v in specs.items()}
+        from robust_encoders.training import load_recipe
+
+        ours_cfg = load_recipe(mini, specs["ours"]["overrides"])
+        ref_t, ours_t = measured_iteration(res["reference"]), measured_iteration(res["ours"])
+        for key, t, desc in (
+            ("reference", ref_t, "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 UNet copies"),
+            ("ours", ours_t, f"{ours_cfg.attack.steps} warm attack steps k={ours_cfg.attack.k}, pooled x_t "
+                             f"(DDIM {ours_cfg.unlearn.ddim_steps}), batch {ours_cfg.unlearn.batch_size}+"
+                             f"{ours_cfg.retain.batch_size}, 1 UNet"),
+        ):
+            r = res[key]
+            rows.append(["miniature", key, desc, "measured", t, ref_t / t, r, res["reference"]])
+        notes.append(f"miniature: mean of iterations 2..N (N = {args.reference_iterations} reference, "
+                     f"{args.iterations} ours; iteration 1 fills our trajectory pools once, "
+                     f"{res['ours']['steps'][0]['time_s']:.2f} s).")
+    if "sd15" in models:
+        sd = str(RECIPES / "advunlearn_sd14.yaml")
+        small = [f"iterations={args.sd_iterations}", f"attack.steps={args.sd_attack_steps}",
+                 f"unlearn.ddim_steps={args.sd_ddim_steps}"]
+        base = ["concept.name=vangogh", "concept.kind=style", "model.base_model=sd15-random-weights", *COMMON]
+        specs = {
+            "reference": dict(name="sd15/reference", model="sd15", recipe=sd,
+                              overrides=[*base, *ADVUNLEARN, *REFERENCE_ENGINE, *small]),
+            "ours": dict(name="sd15/ours", model="sd15", recipe=sd,
+                         overrides=[*base, *small, "sampling.refresh=1", "sampling.pool=1", "sampling.retain_pool=1"]),
+        }
+        res = {k: run_config(v) for k, v in specs.items()}
+        from robust_encoders.training import load_recipe
+
+        full = load_recipe(sd, ["concept.name=vangogh"])
+        est = {}
+        for key in ("reference", "ours"):
+            if key == "ours":  # scale to the recipe's refresh period, not the one used while measuring
+                for pool in res[key]["pools"].values():
+                    pool["refresh_every"] = full.sampling.refresh_every
+            est[key], units = scaled_iteration(
+                res[key], attack_steps_run=args.sd_attack_steps, attack_steps=full.attack.steps,
+                ddim_steps=full.unlearn.ddim_steps, ours=key == "ours")
+            notes.append(f"sd15/{key} measured unit costs (s): " + ", ".join(f"{k}={v:.2f}" for k, v in units.items()))
+        for key, desc in (
+            ("reference", "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 UNet copies"),
+            ("ours", f"{full.attack.steps} warm attack steps k=1, pooled x_t (DDIM 50, refresh every "
+                     f"{full.sampling.refresh_every}), retain 5 fused, 1 UNet"),
+        ):
+            r = res[key]
+            rows.append(["SD-1.5-sized", key, desc, "scaled", est[key], est["reference"] / est[key], r, res["reference"]])
+        notes.append(
+            f"SD-1.5-sized: ran {args.sd_iterations} iterations with {args.sd_attack_steps} attack steps and DDIM "
+            f"{args.sd_ddim_steps}; time/iteration at full settings = update + attack_steps x attack_step + sampling, "
+            "sampling = E[calls] x cfg_call (reference: (50+1)/2 calls per fresh x_t for the concept and for the "
+            "retain batch) or 50 x cfg_call / refresh_every (ours: one pooled trajectory replaced per refresh). "
+            "Peak memory is measured (it does not depend on the number of steps)."
+        )
+
+    import torch
+
+    dev = "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+    head = ["model", "setting", "what runs", "time", "s / iteration", "speed-up", "peak RSS (MB)",
+            "peak above imports (MB)", "memory vs ref", "CUDA peak (MB)"]
+    lines = [
+        "# Training speed: our defaults vs AdvUnlearn-reference settings",
+        "",
+        f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python bench/train_speed.py "
+        + " ".join(a for a in (argv if argv is not None else sys.argv[1:])) + "`",
+        f"Device: {dev}. torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d')}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
+    for m, s, desc, how, t, sp, r, ref in rows:
+        above, ref_above = r["peak_rss_mb"] - r["rss_start_mb"], ref["peak_rss_mb"] - ref["rss_start_mb"]
+        cuda = r["cuda_peak_mb"]
+        ratio = f"{cuda / ref['cuda_peak_mb']:.2f}x (CUDA)" if cuda else f"{above / ref_above:.2f}x"
+        lines.append(f"| {m} | {s} | {desc} | {how} | {t:.3f} | {sp:.2f}x | {r['peak_rss_mb']:.0f} | {above:.0f} | "
+                     f"{ratio} | {'-' if cuda is None else f'{cuda:.0f}'} |")
+    lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] + [
+        "- Peak RSS is the whole process; 'peak above imports' subtracts the RSS after importing torch, diffusers, "
+        "transformers and peft, and 'memory vs ref' compares that part (the models, optimizer, activations, caches; "
+        "no VAE is loaded in either row). "
+        "On a GPU our default also keeps the frozen UNet and encoder in bf16/fp16 (`model.dtype=auto`), which "
+        "this CPU measurement does not show.",
+    ]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

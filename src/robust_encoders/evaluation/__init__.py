@@ -1,0 +1,91 @@
+"""The evaluation suite: red-team a text encoder and measure what it still draws.
+
+Example:
+    >>> from robust_encoders.evaluation import EvalConfig
+    >>> EvalConfig(concept="star").attacks[0]
+    'unlearndiffatk'
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # static analysers see the real imports; at run time they load on first use
+    from .evaluate import (  # noqa: F401
+        ALL_ATTACKS,
+        RESULT_KEYS,
+        EvalConfig,
+        EvalResult,
+        evaluate_encoder,
+    )
+    from .loading import (  # noqa: F401
+        load_encoder_for_eval,
+    )
+    from .metrics import (  # noqa: F401
+        ClipScorer,
+        attack_success_rate,
+        frechet_distance,
+        retain_accuracy,
+    )
+    from .prompts import (  # noqa: F401
+        PromptItem,
+        load_prompt_csv,
+        miniature_forget_prompts,
+        miniature_retain_prompts,
+    )
+    from .report import (  # noqa: F401
+        markdown_table,
+        save_grid,
+    )
+
+_EXPORTS: dict[str, str] = {
+    "ALL_ATTACKS": ".evaluate",
+    "RESULT_KEYS": ".evaluate",
+    "EvalConfig": ".evaluate",
+    "EvalResult": ".evaluate",
+    "evaluate_encoder": ".evaluate",
+    "load_encoder_for_eval": ".loading",
+    "ClipScorer": ".metrics",
+    "attack_success_rate": ".metrics",
+    "frechet_distance": ".metrics",
+    "retain_accuracy": ".metrics",
+    "PromptItem": ".prompts",
+    "load_prompt_csv": ".prompts",
+    "miniature_forget_prompts": ".prompts",
+    "miniature_retain_prompts": ".prompts",
+    "markdown_table": ".report",
+    "save_grid": ".report",
+}
+
+__all__ = [
+    "ALL_ATTACKS",
+    "ClipScorer",
+    "EvalConfig",
+    "EvalResult",
+    "PromptItem",
+    "RESULT_KEYS",
+    "attack_success_rate",
+    "evaluate_encoder",
+    "frechet_distance",
+    "load_encoder_for_eval",
+    "load_prompt_csv",
+    "markdown_table",
+    "miniature_forget_prompts",
+    "miniature_retain_prompts",
+    "retain_accuracy",
+    "save_grid",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import public names on first use, so importing the package (e.g. for ``--help``) stays cheap."""
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,686 @@
+"""Training configuration: typed dataclasses, YAML recipes, dotted overrides, strict validation.
+
+A recipe is a YAML file whose sections mirror :class:`TrainConfig` (``concept``, ``model``,
+``unlearn``, ``sampling``, ``attack``, ``retain``, ``trainable``, ``optim``, ``checkpoint``,
+``log``, ``engine``). A recipe may start from another one with ``extends: other_recipe``
+(resolved next to it; nested mappings are merged). Command-line overrides use dotted keys,
+``attack.steps=5 retain.weight=0.5``; values are parsed as YAML (``null``, ``[a, b]``,
+``true``) and numbers like ``1e-5`` are understood. Unknown keys anywhere are an error that
+names the closest valid key.
+
+The dataclass defaults are the AdvUnlearn reference settings for Stable Diffusion 1.4
+(Zhang et al., NeurIPS 2024, public code ``OPTML-Group/AdvUnlearn``): 1000 iterations, Adam
+lr 1e-5, attack warm-up 200 iterations, a 30-step continuous prefix attack with one token and
+lr 1e-3, 5 retain prompts per step, retain weight 0.3 or 0.5, DDIM 50 steps, start guidance 3,
+negative guidance 1. Recipes in ``recipes/`` change what differs per concept or per world.
+
+Example:
+    >>> from robust_encoders.training.config import TrainConfig, apply_overrides
+    >>> cfg = TrainConfig.from_dict({"concept": {"name": "star"}, "model": {"base_model": "miniature"}})
+    >>> cfg = apply_overrides(cfg, ["attack.steps=5", "optim.lr=1e-4"])
+    >>> cfg.attack.steps, cfg.optim.lr
+    (5, 0.0001)
+    >>> apply_overrides(cfg, ["atack.steps=5"])
+    Traceback (most recent call last):
+    ...
+    robust_encoders.training.config.ConfigError: Unknown config key 'atack.steps'. Did you mean 'attack.steps'?
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+import re
+import types
+import typing
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal, get_args, get_origin
+
+__all__ = [
+    "ConfigError",
+    "ConceptConfig",
+    "ModelConfig",
+    "UnlearnConfig",
+    "SamplingConfig",
+    "AttackSettings",
+    "RetainConfig",
+    "LoraSettings",
+    "TrainableConfig",
+    "OptimConfig",
+    "CheckpointConfig",
+    "LogConfig",
+    "EngineConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "parse_override",
+    "load_recipe",
+    "load_recipe_dict",
+    "config_help",
+    "MINIATURE",
+]
+
+MINIATURE = "miniature"
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid (unknown key, wrong type, value out of range)."""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ConfigError(msg)
+
+
+def _choice(section: str, name: str, value: Any, allowed: Iterable[str]) -> None:
+    allowed = tuple(allowed)
+    _check(value in allowed, f"{section}.{name}={value!r} is not valid; choose one of {', '.join(map(repr, allowed))}.")
+
+
+def _positive(section: str, name: str, value: Any, *, allow_zero: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value >= 0 if allow_zero else value > 0)
+    _check(ok, f"{section}.{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}.")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Sections
+# ----------------------------------------------------------------------------------------------------------------
+class _Section:
+    """Mixin: every section validates itself on construction."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:  # pragma: no cover - overridden
+        pass
+
+
+@dataclass
+class ConceptConfig(_Section):
+    """What to erase."""
+
+    name: str = field(
+        default="",
+        metadata={"help": "Concept to erase: a miniature concept (star, red, stripes, ...) or a real one (nudity, vangogh, ...)."},
+    )
+    kind: str = field(
+        default="auto",
+        metadata={"help": "nudity | style | object | colour; 'auto' takes it from the miniature world or the recipe."},
+    )
+    text: str = field(
+        default="",
+        metadata={"help": "How prompts name the concept (e.g. 'Van Gogh'); empty = the name with '_' as spaces."},
+    )
+    prompts: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Prompts whose images are erased. Empty = automatic: [text] for real SD (as AdvUnlearn), "
+            "canonical miniature prompts naming the concept for the miniature world."
+        },
+    )
+
+    def validate(self) -> None:
+        _choice("concept", "kind", self.kind, ("auto", "nudity", "style", "object", "colour"))
+        _check(all(isinstance(p, str) and p.strip() for p in self.prompts), "concept.prompts must be non-empty strings.")
+
+
+@dataclass
+class ModelConfig(_Section):
+    """The base pipeline whose text encoder is fine-tuned."""
+
+    base_model: str = field(
+        default="CompVis/stable-diffusion-v1-4",
+        metadata={"help": "'miniature' (embedded), a local diffusers pipeline folder, or a Hub repo id (must be cached offline)."},
+    )
+    revision: str | None = field(default=None, metadata={"help": "Hub revision of base_model."})
+    dtype: str = field(
+        default="auto",
+        metadata={"help": "dtype of the frozen parts: auto (fp32 on CPU, bf16/fp16 with mixed precision on GPU), float32, float16, bfloat16."},
+    )
+    mixed_precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 on GPUs that support it, else fp16; none on CPU), no, fp16, bf16."}
+    )
+    device: str | None = field(default=None, metadata={"help": "Device override (default: accelerate's choice)."})
+
+    def validate(self) -> None:
+        _check(bool(self.base_model), "model.base_model is empty.")
+        _choice("model", "dtype", self.dtype, ("auto", "float32", "float16", "bfloat16"))
+        _choice("model", "mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+
+
+@dataclass
+class UnlearnConfig(_Section):
+    """ESD-style negative-guidance unlearning loss."""
+
+    negative_guidance: float = field(
+        default=1.0, metadata={"help": "eta in target = eps0(x_t,'') - eta * (eps0(x_t,c) - eps0(x_t,''))."}
+    )
+    start_guidance: float = field(default=3.0, metadata={"help": "CFG scale of the frozen model when sampling x_t."})
+    ddim_steps: int = field(default=50, metadata={"help": "DDIM steps of the x_t trajectories (t is drawn among them)."})
+    ddim_eta: float = field(default=0.0, metadata={"help": "DDIM eta (0 = deterministic)."})
+    batch_size: int = field(default=1, metadata={"help": "x_t samples per iteration in the unlearning loss."})
+    include_clean: bool = field(
+        default=False,
+        metadata={"help": "After the warm-up, also apply the loss to the clean concept prompt (besides the adversarial one)."},
+    )
+
+    def validate(self) -> None:
+        _positive("unlearn", "negative_guidance", self.negative_guidance, allow_zero=True)
+        _positive("unlearn", "start_guidance", self.start_guidance)
+        _check(isinstance(self.ddim_steps, int) and self.ddim_steps >= 1, "unlearn.ddim_steps must be an integer >= 1.")
+        _positive("unlearn", "ddim_eta", self.ddim_eta, allow_zero=True)
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "unlearn.batch_size must be an integer >= 1.")
+
+
+@dataclass
+class SamplingConfig(_Section):
+    """Reuse of the frozen model's x_t trajectories across iterations.
+
+    A trajectory of the frozen model does not depend on the encoder being trained, and its
+    DDIM run already computes eps0(x_t, c) and eps0(x_t, '') at every step, so one trajectory
+    gives ``ddim_steps`` (x_t, target) pairs. ``pool=0`` is the reference behaviour: a fresh
+    partial trajectory (and its targets) every iteration.
+    """
+
+    pool: int = field(default=0, metadata={"help": "Concept trajectories kept (0 = sample a fresh x_t every iteration, as the reference)."})
+    retain_pool: int = field(default=0, metadata={"help": "Retain-prompt trajectories kept (0 = fresh every iteration)."})
+    refresh_every: int = field(default=10, metadata={"help": "Replace the oldest trajectories every N iterations."})
+    refresh: int = field(default=1, metadata={"help": "Trajectories replaced per refresh (pool sizes must be multiples of it)."})
+
+    def validate(self) -> None:
+        for n in ("pool", "retain_pool"):
+            v = getattr(self, n)
+            _check(isinstance(v, int) and v >= 0, f"sampling.{n} must be an integer >= 0, got {v!r}.")
+        _check(isinstance(self.refresh, int) and self.refresh >= 1, "sampling.refresh must be an integer >= 1.")
+        _check(isinstance(self.refresh_every, int) and self.refresh_every >= 1, "sampling.refresh_every must be >= 1.")
+        for n in ("pool", "retain_pool"):
+            v = getattr(self, n)
+            _check(
+                v % self.refresh == 0,
+                f"sampling.{n}={v} must be a multiple of sampling.refresh={self.refresh} (whole refresh chunks).",
+            )
+
+
+@dataclass
+class AttackSettings(_Section):
+    """The inner adversarial prompt attack (see ``robust_encoders.attacks.PromptAttackConfig``)."""
+
+    enabled: bool = field(default=True, metadata={"help": "Adversarial training on; false = plain ESD on the text encoder."})
+    warmup: int = field(default=200, metadata={"help": "Iterations of plain unlearning before the first attack."})
+    every: int = field(
+        default=1, metadata={"help": "Re-run the attack every N iterations (the last adversarial prompt is reused between)."}
+    )
+    mode: str = field(default="continuous", metadata={"help": "continuous (soft tokens, AdvUnlearn) or discrete (real tokens)."})
+    steps: int = field(default=30, metadata={"help": "Attack optimisation steps."})
+    lr: float = field(default=1e-3, metadata={"help": "Attack step size."})
+    k: int = field(default=1, metadata={"help": "Adversarial tokens per prompt."})
+    position: str = field(default="prefix", metadata={"help": "prefix | suffix | replace."})
+    optimizer: str = field(default="adam", metadata={"help": "adam, or sign (signed-gradient 'fast AT')."})
+    init: str = field(
+        default="warm", metadata={"help": "random | token | warm (continue from the previous round, AdvUnlearn's 'latest')."}
+    )
+    eps: float | None = field(default=None, metadata={"help": "L-inf bound of continuous soft tokens; null = unbounded."})
+
+    def validate(self) -> None:
+        _check(isinstance(self.warmup, int) and self.warmup >= 0, "attack.warmup must be an integer >= 0.")
+        _check(isinstance(self.every, int) and self.every >= 1, "attack.every must be an integer >= 1.")
+        try:
+            self.to_prompt_attack_config(0)
+        except ValueError as exc:
+            raise ConfigError(str(exc).replace("PromptAttackConfig.", "attack.")) from None
+
+    def to_prompt_attack_config(self, seed: int):
+        """The matching ``PromptAttackConfig`` (``seed`` varies per round)."""
+        from ..attacks import PromptAttackConfig
+
+        return PromptAttackConfig(
+            mode=self.mode, steps=self.steps, lr=float(self.lr), k=self.k, position=self.position,
+            optimizer=self.optimizer, init=self.init, eps=self.eps, seed=int(seed),
+        )
+
+
+@dataclass
+class RetainConfig(_Section):
+    """Utility regulariser on ordinary prompts."""
+
+    space: str = field(
+        default="unet",
+        metadata={
+            "help": "unet: weight * MSE(eps(x_r, E(c_r)), eps0(x_r, E0(c_r))) (AdvUnlearn); "
+            "encoder: weight * MSE(E(c_r), E0(c_r)) (no UNet pass); both: the UNet term plus "
+            "encoder_weight * the encoder term; none."
+        },
+    )
+    weight: float = field(default=0.5, metadata={"help": "gamma (AdvUnlearn: 0.3 for nudity, 0.5 for styles and objects)."})
+    encoder_weight: float = field(
+        default=0.0, metadata={"help": "space=both: weight of the encoder-space term MSE(E(c_r), E0(c_r))."}
+    )
+    batch_size: int = field(default=5, metadata={"help": "Retain prompts per iteration."})
+    prompts: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (bundled list for real SD; miniature captions not naming the concept), or a path to a .txt "
+            "(one prompt per line) or .csv (column 'prompt')."
+        },
+    )
+    num_prompts: int = field(default=300, metadata={"help": "Miniature only: how many retain captions to generate."})
+    include_empty: bool = field(
+        default=False,
+        metadata={"help": "Add the empty prompt '' to the retain set (keeps the unconditional branch of CFG in place)."},
+    )
+
+    def validate(self) -> None:
+        _choice("retain", "space", self.space, ("unet", "encoder", "both", "none"))
+        _positive("retain", "weight", self.weight, allow_zero=True)
+        _positive("retain", "encoder_weight", self.encoder_weight, allow_zero=True)
+        _check(isinstance(self.batch_size, int) and self.batch_size >= 1, "retain.batch_size must be an integer >= 1.")
+        _check(isinstance(self.num_prompts, int) and self.num_prompts >= 1, "retain.num_prompts must be >= 1.")
+
+
+@dataclass
+class LoraSettings(_Section):
+    """peft LoRA adapter on the text encoder (trainable.part=lora)."""
+
+    rank: int = field(default=8, metadata={"help": "LoRA rank r."})
+    alpha: float = field(default=16.0, metadata={"help": "LoRA alpha (scale alpha / r)."})
+    dropout: float = field(default=0.0, metadata={"help": "LoRA dropout."})
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "out_proj"],
+        metadata={"help": "Module names to adapt (CLIP: q_proj k_proj v_proj out_proj fc1 fc2)."},
+    )
+
+    def validate(self) -> None:
+        _check(isinstance(self.rank, int) and self.rank >= 1, "trainable.lora.rank must be an integer >= 1.")
+        _positive("trainable.lora", "alpha", self.alpha)
+        _check(0 <= self.dropout < 1, "trainable.lora.dropout must be in [0, 1).")
+        _check(bool(self.targets), "trainable.lora.targets is empty; name the modules to adapt (e.g. [q_proj, v_proj]).")
+
+
+@dataclass
+class TrainableConfig(_Section):
+    """Which part of the text encoder learns."""
+
+    part: str = field(
+        default="all",
+        metadata={"help": "all | first_k (the first `layers` transformer layers) | attention | mlp | lora."},
+    )
+    layers: int = field(default=1, metadata={"help": "first_k: how many layers from the input side."})
+    train_embeddings: bool = field(default=False, metadata={"help": "Also train the token/position embeddings."})
+    lora: LoraSettings = field(default_factory=LoraSettings, metadata={"help": "LoRA settings."})
+
+    def validate(self) -> None:
+        _choice("trainable", "part", self.part, ("all", "first_k", "attention", "mlp", "lora"))
+        _check(isinstance(self.layers, int) and self.layers >= 1, "trainable.layers must be an integer >= 1.")
+        self.lora.validate()
+
+
+@dataclass
+class OptimConfig(_Section):
+    """Optimiser of the trainable parameters."""
+
+    lr: float = field(default=1e-5, metadata={"help": "Learning rate (AdvUnlearn: 1e-5)."})
+    optimizer: str = field(default="adam", metadata={"help": "adam | adamw | sgd."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay."})
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas."})
+    grad_clip: float | None = field(default=None, metadata={"help": "Clip the gradient norm (null = off)."})
+    lr_warmup: int = field(default=0, metadata={"help": "Linear learning-rate warm-up iterations."})
+
+    def validate(self) -> None:
+        _positive("optim", "lr", self.lr)
+        _choice("optim", "optimizer", self.optimizer, ("adam", "adamw", "sgd"))
+        _positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
+        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "optim.betas must be two numbers in [0, 1).")
+        if self.grad_clip is not None:
+            _positive("optim", "grad_clip", self.grad_clip)
+        _check(isinstance(self.lr_warmup, int) and self.lr_warmup >= 0, "optim.lr_warmup must be an integer >= 0.")
+
+
+@dataclass
+class CheckpointConfig(_Section):
+    """Periodic, atomic checkpoints under RUN_DIR/checkpoints."""
+
+    every: int = field(default=100, metadata={"help": "Save every N iterations (a killed run loses at most N)."})
+    keep: int = field(default=2, metadata={"help": "Checkpoints kept (older ones are deleted)."})
+
+    def validate(self) -> None:
+        _check(isinstance(self.every, int) and self.every >= 1, "checkpoint.every must be an integer >= 1.")
+        _check(isinstance(self.keep, int) and self.keep >= 1, "checkpoint.keep must be an integer >= 1.")
+
+
+@dataclass
+class LogConfig(_Section):
+    """Progress bar and JSONL log."""
+
+    every: int = field(default=1, metadata={"help": "Write a log.jsonl line every N iterations."})
+    progress: bool = field(default=True, metadata={"help": "Show a tqdm progress bar (main process only)."})
+
+    def validate(self) -> None:
+        _check(isinstance(self.every, int) and self.every >= 1, "log.every must be an integer >= 1.")
+
+
+@dataclass
+class EngineConfig(_Section):
+    """Engineering switches; the defaults are the fast path. Turn them off to emulate the reference code."""
+
+    share_unet: bool = field(
+        default=True, metadata={"help": "One frozen UNet serves both branches (false: a second UNet copy, as the reference)."}
+    )
+    cache_original: bool = field(
+        default=True,
+        metadata={"help": "Cache the frozen encoder's outputs for fixed prompts (false: recompute them every time)."},
+    )
+    fused_unet_batch: bool = field(
+        default=True, metadata={"help": "Run the unlearning and retain UNet passes as one batched call."}
+    )
+    micro_batch: int = field(
+        default=0,
+        metadata={
+            "help": "Back-propagate the update in chunks of this many samples (gradients accumulate; only one "
+            "chunk's activations are alive). 0 = one pass. 1 keeps peak memory at a batch-1 pass on SD-sized models."
+        },
+    )
+
+    def validate(self) -> None:
+        _check(isinstance(self.micro_batch, int) and self.micro_batch >= 0, "engine.micro_batch must be an integer >= 0.")
+
+
+@dataclass
+class TrainConfig:
+    """A complete, resolved training recipe."""
+
+    recipe: str = field(default="custom", metadata={"help": "Recipe name (written to robust_encoder.json)."})
+    seed: int = field(default=0, metadata={"help": "Seed of everything random (per-process streams derive from it)."})
+    iterations: int = field(default=1000, metadata={"help": "Optimiser steps (AdvUnlearn: 1000)."})
+    concept: ConceptConfig = field(default_factory=ConceptConfig, metadata={"help": "What to erase."})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base pipeline."})
+    unlearn: UnlearnConfig = field(default_factory=UnlearnConfig, metadata={"help": "Unlearning loss."})
+    sampling: SamplingConfig = field(default_factory=SamplingConfig, metadata={"help": "x_t trajectory reuse."})
+    attack: AttackSettings = field(default_factory=AttackSettings, metadata={"help": "Inner attack."})
+    retain: RetainConfig = field(default_factory=RetainConfig, metadata={"help": "Retain regulariser."})
+    trainable: TrainableConfig = field(default_factory=TrainableConfig, metadata={"help": "Trainable part."})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "Optimiser."})
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "Checkpoints."})
+    log: LogConfig = field(default_factory=LogConfig, metadata={"help": "Logging."})
+    engine: EngineConfig = field(default_factory=EngineConfig, metadata={"help": "Engineering switches."})
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every section (called on construction and after overrides)."""
+        _check(isinstance(self.iterations, int) and self.iterations >= 1, "iterations must be an integer >= 1.")
+        _check(isinstance(self.seed, int), "seed must be an integer.")
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                v.validate()
+
+    # -- conversions ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainConfig:
+        """Build from a nested mapping; unknown keys raise :class:`ConfigError` with a suggestion."""
+        return _build(cls, dict(data), "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+    def to_yaml(self, header: str | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None, width=100)
+        return (header.rstrip() + "\n" if header else "") + text
+
+    def fingerprint(self, ignore: Iterable[str] = ()) -> str:
+        """A hash of the config without the dotted keys in ``ignore`` (to detect a different run)."""
+        d = self.to_dict()
+        for key in ignore:
+            parts = key.split(".")
+            cur = d
+            for p in parts[:-1]:
+                cur = cur.get(p, {})
+            cur.pop(parts[-1], None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    @property
+    def is_miniature(self) -> bool:
+        return self.model.base_model == MINIATURE
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# dict -> dataclass with type coercion and closest-key suggestions
+# ----------------------------------------------------------------------------------------------------------------
+_NUMBER = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _all_keys(cls, prefix: str = "") -> list[str]:
+    out = []
+    for f in fields(cls):
+        key = f"{prefix}{f.name}"
+        out.append(key)
+        t = _hints(cls)[f.name]
+        if dataclasses.is_dataclass(t):
+            out.extend(_all_keys(t, key + "."))
+    return out
+
+
+def _hints(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _unknown(key: str, valid: list[str], root_cls=TrainConfig) -> ConfigError:
+    everything = _all_keys(root_cls)
+    leaf = key.split(".")[-1]
+    close = [k for k in everything if k.split(".")[-1] == leaf and k != key]
+    if not close:
+        close = difflib.get_close_matches(key, everything, n=1, cutoff=0.6)
+    if close:
+        hint = " Did you mean " + " or ".join(repr(c) for c in close[:3]) + "?"
+    else:
+        hint = f" Valid keys here: {', '.join(valid)}."
+    return ConfigError(f"Unknown config key {key!r}.{hint}")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, key)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}.")
+    if origin is Literal:
+        if value not in get_args(tp):
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {get_args(tp)}.")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} must be a list, got {value!r}.")
+        (inner,) = get_args(tp)[:1] or (Any,)
+        return [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{key} must be true or false, got {value!r}.")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be an integer, got {value!r}.")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and _NUMBER.match(value.strip()) and float(value).is_integer():
+            return int(float(value))
+        raise ConfigError(f"{key} must be an integer, got {value!r}.")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} must be a number, got {value!r}.")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str) and _NUMBER.match(value.strip()):
+            return float(value)
+        raise ConfigError(f"{key} must be a number, got {value!r}.")
+    if tp is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}.")
+        return value
+    return value
+
+
+def _build(cls, data: dict[str, Any], prefix: str):
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{prefix.rstrip('.') or 'the recipe'} must be a mapping, got {data!r}.")
+    hints = _hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in data:
+        if key not in names:
+            raise _unknown(f"{prefix}{key}", names)
+    kwargs = {}
+    for f in fields(cls):
+        if f.name not in data:
+            continue
+        tp = hints[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            kwargs[f.name] = _build(tp, data[f.name] or {}, key + ".")
+        else:
+            kwargs[f.name] = _coerce(data[f.name], tp, key)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{prefix.rstrip('.') or 'recipe'}: {exc}") from None
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``"attack.steps=5"`` -> ``("attack.steps", 5)`` (the value is parsed as YAML)."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"Override {text!r} is not KEY=VALUE (e.g. attack.steps=5).")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"Override {text!r} has an empty key.")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    cls: Any = TrainConfig
+    for i, p in enumerate(parts):
+        names = [f.name for f in fields(cls)]
+        if p not in names:
+            raise _unknown(key, [".".join(parts[:i] + [n]) for n in names])
+        tp = _hints(cls)[p]
+        if i == len(parts) - 1:
+            if dataclasses.is_dataclass(tp):
+                if not isinstance(value, Mapping):
+                    raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.{fields(tp)[0].name}=...")
+                cur[p] = _merge(cur.get(p) or {}, dict(value))
+            else:
+                cur[p] = value
+            return
+        if not dataclasses.is_dataclass(tp):
+            raise ConfigError(f"{'.'.join(parts[: i + 1])} is not a section, so {key!r} does not exist.")
+        cur = cur.setdefault(p, {})
+        cls = tp
+
+
+def apply_overrides(config: TrainConfig | Mapping[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> TrainConfig:
+    """Apply dotted ``KEY=VALUE`` overrides (strings or (key, value) pairs) and re-validate."""
+    d = config.to_dict() if isinstance(config, TrainConfig) else copy.deepcopy(dict(config))
+    for ov in overrides:
+        key, value = parse_override(ov) if isinstance(ov, str) else ov
+        _set_dotted(d, key, value)
+    return TrainConfig.from_dict(d)
+
+
+def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def load_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A recipe's mapping with its ``extends`` chain merged in (not validated)."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"Recipe file {path} does not exist.")
+    if path.resolve() in _seen:
+        raise ConfigError(f"Recipe {path} extends itself (cycle: {' -> '.join(map(str, _seen))}).")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Recipe {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"Recipe {path} must be a YAML mapping at the top level.")
+    data = dict(data)
+    parent = data.pop("extends", None)
+    if parent:
+        ppath = Path(parent)
+        if not ppath.suffix:
+            ppath = ppath.with_suffix(".yaml")
+        if not ppath.is_absolute():
+            ppath = path.parent / ppath
+        base = load_recipe_dict(ppath, _seen + (path.resolve(),))
+        data = _merge(base, data)
+    data.setdefault("recipe", path.stem)
+    return data
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str | tuple[str, Any]] = ()) -> TrainConfig:
+    """Load a YAML recipe (following ``extends``), apply overrides, validate."""
+    data = load_recipe_dict(path)
+    for ov in overrides:
+        key, value = parse_override(ov) if isinstance(ov, str) else ov
+        _set_dotted(data, key, value)
+    return TrainConfig.from_dict(data)
+
+
+def config_help(cls=TrainConfig, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(dotted key, help, default) for every leaf option: the reference for recipe authors."""
+    out = []
+    inst = cls() if cls is not TrainConfig else None
+    for f in fields(cls):
+        tp = _hints(cls)[f.name]
+        key = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out.extend(config_help(tp, key + "."))
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else getattr(inst, f.name, None)  # type: ignore[misc]
+            )
+            out.append((key, f.metadata.get("help", ""), default))
+    return out

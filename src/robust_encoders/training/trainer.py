@@ -1,0 +1,895 @@
+"""The AdvUnlearn trainer: adversarial unlearning of a concept in a CLIP text encoder.
+
+One iteration (after the attack warm-up):
+
+1. draw ``x_t`` samples of the frozen model for the concept prompt, with their eps0 targets
+   (from a :class:`~robust_encoders.training.sampling.TrajectoryPool`: one DDIM trajectory
+   serves many iterations, and its CFG passes *are* the targets);
+2. attack: find soft (or real) adversarial tokens that make the *current* encoder regenerate
+   the concept, i.e. minimise ``MSE(eps(x_t, E(c_adv)), eps0(x_t, E0(c)))``, reusing the
+   same ``x_t`` and the cached ``eps0(x_t, E0(c))``;
+3. update the encoder on ``MSE(eps(x_t, E(c_adv)), eps0(x_t,'') - eta (eps0(x_t,c) - eps0(x_t,'')))``
+   plus ``gamma`` times the retain loss (UNet space: frozen-model trajectories of retain
+   prompts and their cached eps0; encoder space: ``MSE(E(c_r), E0(c_r))``).
+
+Only the text encoder learns. One frozen UNet serves the original and the trained branches
+(they differ only in the text conditioning); the frozen original encoder's outputs for the
+fixed prompt sets are computed once. Processes launched with accelerate average gradients,
+so replicas stay identical; checkpoints are atomic and a resumed run ends bit-identical to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.diffusion import Conditioning, latent_shape, predict_eps
+from ..core.text import encode_from_token_embeds, encode_ids, tokenize
+from . import checkpoint as ckpt
+from .config import MINIATURE, ConfigError, TrainConfig, apply_overrides, load_recipe
+from .prompts import (
+    default_retain_prompts,
+    miniature_forget_prompts,
+    miniature_retain_prompts,
+    read_prompt_file,
+)
+from .sampling import TrajectoryPool, derive_seed, derived_generator
+from .trainable import make_trainable
+
+__all__ = [
+    "BaseModelUnavailableError",
+    "RunDirError",
+    "Trainer",
+    "train",
+    "resolve_config",
+    "RESUMABLE_KEYS",
+    "RUN_ARTIFACTS",
+]
+
+#: Config keys a resumed run may change (everything else must match the stored run).
+RESUMABLE_KEYS = ("iterations", "checkpoint.every", "checkpoint.keep", "log.every", "log.progress", "model.device")
+#: What a run folder holds; ``--overwrite`` removes exactly these.
+RUN_ARTIFACTS = ("config.yaml", "robust_encoder.json", "text_encoder", "log.jsonl", "checkpoints")
+
+
+class BaseModelUnavailableError(OSError):
+    """The base pipeline cannot be loaded offline."""
+
+
+class RunDirError(FileExistsError):
+    """The output folder holds something that this run must not overwrite."""
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# config resolution
+# ----------------------------------------------------------------------------------------------------------------
+def resolve_config(config_or_path: TrainConfig | Mapping[str, Any] | str | os.PathLike, overrides: Iterable[str] = ()):
+    """A :class:`TrainConfig` from a config, a mapping, a recipe path, or a concept name (``"star"``)."""
+    overrides = list(overrides)
+    if isinstance(config_or_path, TrainConfig):
+        return apply_overrides(config_or_path, overrides) if overrides else config_or_path
+    if isinstance(config_or_path, Mapping):
+        return apply_overrides(dict(config_or_path), overrides)
+    p = Path(config_or_path)
+    if p.suffix in (".yaml", ".yml") or p.is_file():
+        return load_recipe(p, overrides)
+    from .recipes import resolve_concept
+
+    path, extra = resolve_concept(str(config_or_path))
+    return load_recipe(path, extra + overrides)
+
+
+def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _diff(a: TrainConfig, b: TrainConfig) -> list[str]:
+    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+            if fa.get(k) != fb.get(k) and k not in RESUMABLE_KEYS]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# base model
+# ----------------------------------------------------------------------------------------------------------------
+def _base_reference(base_model: str) -> tuple[str, bool]:
+    """(path or repo id, is_local)."""
+    if base_model == MINIATURE:
+        from ..miniature.io import _weights_dir
+
+        return str((_weights_dir(None) / "pipeline").resolve()), True
+    p = Path(base_model).expanduser()
+    if p.exists():
+        if not (p / "unet" / "config.json").is_file() or not (p / "text_encoder" / "config.json").is_file():
+            raise BaseModelUnavailableError(
+                f"{p} is not a diffusers Stable Diffusion pipeline folder (needs unet/, text_encoder/, tokenizer/, "
+                "scheduler/). Point model.base_model at the folder that `save_pretrained` wrote."
+            )
+        return str(p.resolve()), True
+    return base_model, False
+
+
+def _offline_error(ref: str, revision: str | None, exc: Exception) -> BaseModelUnavailableError:
+    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
+    rev = f" (revision {revision})" if revision else ""
+    return BaseModelUnavailableError(
+        f"Base model {ref!r}{rev} is not available offline: it is not a local folder and not in the Hugging Face "
+        f"cache ({cache}). Training loads base weights with local_files_only=True and never downloads. Either "
+        f"pre-download it on a machine with network: `huggingface-cli download {ref} --include 'unet/*' "
+        f"'text_encoder/*' 'tokenizer/*' 'scheduler/*'` (then copy the cache here), or set "
+        f"model.base_model=/path/to/local/pipeline. To try the method offline, use a miniature concept: "
+        f"`robust-encoders train --concept star`. (Underlying error: {type(exc).__name__}: {str(exc)[:200]})"
+    )
+
+
+@dataclasses.dataclass
+class _Base:
+    ref: str
+    unet: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    family: str
+
+
+def _load_base(cfg: TrainConfig, device: torch.device, frozen_dtype: torch.dtype) -> _Base:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    ref, local = _base_reference(cfg.model.base_model)
+    kw: dict[str, Any] = {"local_files_only": True}
+    if cfg.model.revision and not local:
+        kw["revision"] = cfg.model.revision
+    try:
+        unet = UNet2DConditionModel.from_pretrained(ref, subfolder="unet", torch_dtype=frozen_dtype, **kw)
+        te = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder", dtype=torch.float32, **kw)
+        tok = CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer", **kw)
+        sched = DDIMScheduler.from_config(DDIMScheduler.load_config(ref, subfolder="scheduler", **kw))
+    except (OSError, ValueError) as exc:
+        if local:
+            raise BaseModelUnavailableError(f"Could not load the base pipeline from {ref}: {exc}") from exc
+        raise _offline_error(ref, cfg.model.revision, exc) from exc
+    if getattr(unet.config, "addition_embed_type", None) == "text_time":
+        raise NotImplementedError(
+            f"{ref} is an SDXL pipeline (two text encoders, added conditioning). The trainer supports SD 1.x/2.x "
+            "and the miniature world; the diffusion helpers already take added_cond_kwargs for a later SDXL trainer."
+        )
+    if te.config.hidden_size != unet.config.cross_attention_dim:
+        raise ValueError(
+            f"Text encoder hidden size {te.config.hidden_size} does not match the UNet's cross_attention_dim "
+            f"{unet.config.cross_attention_dim} in {ref}."
+        )
+    if cfg.model.base_model == MINIATURE:
+        family = "miniature"
+    else:
+        from ..registry import family_of_base_model
+
+        family = family_of_base_model(cfg.model.base_model) or {768: "sd1", 1024: "sd2"}.get(
+            int(unet.config.cross_attention_dim), "sd1"
+        )
+    unet.requires_grad_(False).eval().to(device)
+    return _Base(ref, unet, te, tok, sched, family)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the trainer
+# ----------------------------------------------------------------------------------------------------------------
+def _mse_per_sample(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return ((a.float() - b.float()) ** 2).flatten(1).mean(1)
+
+
+@dataclasses.dataclass
+class _Part:
+    """One term of the update loss: samples, how to encode their text with the trained encoder, targets."""
+
+    name: str
+    latents: torch.Tensor
+    timesteps: torch.Tensor
+    hidden: Any  # Callable[[list[int]], Tensor]: trained-encoder conditioning of samples idx
+    target: torch.Tensor
+    coef: float = 1.0  # weight of each sample's MSE in the total loss
+
+    def __len__(self) -> int:
+        return int(self.latents.shape[0])
+
+
+class Trainer:
+    """Runs one AdvUnlearn training job into ``output_dir`` (see the module docstring).
+
+    Args:
+        config: the resolved recipe.
+        output_dir: the run folder (created).
+        resume: continue from the newest checkpoint in ``output_dir`` (a fresh start if none).
+        overwrite: remove a previous run's artifacts from ``output_dir`` first.
+        accelerator: an ``accelerate.Accelerator`` (one is created when omitted).
+        pipeline: an already loaded Stable Diffusion pipeline (or any object with ``unet``,
+            ``text_encoder``, ``tokenizer``, ``scheduler``) to use instead of loading
+            ``model.base_model``; its UNet is frozen in place, its text encoder is copied.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        output_dir: str | os.PathLike,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        accelerator=None,
+        pipeline=None,
+    ) -> None:
+        if not config.concept.name:
+            raise ConfigError("concept.name is empty: say which concept to erase (e.g. --concept star).")
+        if resume and overwrite:
+            raise ValueError("Pass either resume or overwrite, not both.")
+        from accelerate import Accelerator
+
+        self.cfg = config
+        self.run_dir = Path(output_dir)
+        self.resume, self.overwrite = resume, overwrite
+        if accelerator is None:
+            # accelerate only forms a multi-process CPU group when asked for the CPU explicitly
+            on_cpu = (config.model.device or "").startswith("cpu") or not torch.cuda.is_available()
+            accelerator = Accelerator(cpu=on_cpu)
+        self.acc = accelerator
+        self.rank, self.world = self.acc.process_index, self.acc.num_processes
+        self.is_main = self.acc.is_main_process
+        self.device = torch.device(config.model.device) if config.model.device else self.acc.device
+        self.log_history: list[dict[str, Any]] = []
+        self._pipeline = pipeline
+
+    # -- run folder ---------------------------------------------------------------------------------------------------
+    def _inspect_run_dir(self) -> str:
+        """Decide (read-only, identical on every process): 'fresh', 'resume' or 'overwrite'."""
+        d = self.run_dir
+        if d.is_file():
+            raise RunDirError(f"Output path {d} is a file; choose a folder.")
+        if not d.exists() or not any(d.iterdir()):
+            return "fresh"
+        entries = {p.name for p in d.iterdir()}
+        foreign = sorted(entries - set(RUN_ARTIFACTS))
+        stored = None
+        if (d / "config.yaml").is_file():
+            try:
+                stored = load_recipe(d / "config.yaml")
+            except ConfigError as exc:
+                raise RunDirError(f"{d}/config.yaml is not a valid run config ({exc}); choose another --output-dir.") from exc
+        if self.overwrite:
+            if foreign:
+                raise RunDirError(
+                    f"Refusing to overwrite {d}: it holds files that are not from a training run ({', '.join(foreign[:5])}). "
+                    "Choose an empty or new --output-dir."
+                )
+            return "overwrite"
+        if stored is None:
+            raise RunDirError(
+                f"Output folder {d} is not empty and holds no training run ({', '.join(sorted(entries)[:5])}). "
+                "Choose an empty or new --output-dir."
+            )
+        diff = _diff(stored, self.cfg)
+        what = f"recipe {stored.recipe!r}, concept {stored.concept.name!r}"
+        if self.resume:
+            if diff:
+                raise RunDirError(
+                    f"Cannot resume: {d} holds a different run ({what}); these settings differ: "
+                    + "; ".join(diff[:6]) + ". Resume with the same recipe and overrides, use --overwrite to start "
+                    "over, or choose another --output-dir."
+                )
+            return "resume"
+        cp = ckpt.latest_checkpoint(d)
+        done = (d / "robust_encoder.json").is_file()
+        state = "finished" if done else (f"stopped at step {cp.name.split('_')[-1].lstrip('0') or 0}" if cp else "started")
+        kind = "the same run" if not diff else f"a different run ({what}; differs in: {'; '.join(diff[:4])})"
+        raise RunDirError(
+            f"Output folder {d} already holds {kind}, {state}. Use --resume to continue it, --overwrite to start "
+            "again from scratch, or choose another --output-dir."
+        )
+
+    def _prepare_run_dir(self) -> str:
+        decision = self._inspect_run_dir()
+        self.acc.wait_for_everyone()
+        if self.is_main:
+            if decision == "overwrite":
+                for name in RUN_ARTIFACTS:
+                    p = self.run_dir / name
+                    if p.is_dir():
+                        shutil.rmtree(p)
+                    elif p.exists():
+                        p.unlink()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            header = (
+                f"# Resolved training config of this run (recipe {self.cfg.recipe}).\n"
+                f"# Re-run: robust-encoders train --recipe {self.run_dir / 'config.yaml'} --output-dir {self.run_dir} --resume\n"
+            )
+            _atomic_write(self.run_dir / "config.yaml", self.cfg.to_yaml(header))
+        self.acc.wait_for_everyone()
+        return decision
+
+    # -- setup --------------------------------------------------------------------------------------------------------
+    def _precision(self) -> tuple[torch.dtype, torch.dtype | None]:
+        """(frozen-parts dtype, autocast dtype or None)."""
+        cuda = self.device.type == "cuda"
+        mp = self.cfg.model.mixed_precision
+        if mp == "auto":
+            mp = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+        auto_dtype = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}[mp]
+        if auto_dtype is not None and not cuda:
+            auto_dtype = torch.bfloat16 if mp == "bf16" else None  # fp16 autocast is a GPU feature
+        dt = self.cfg.model.dtype
+        if dt == "auto":
+            frozen = auto_dtype if (auto_dtype is not None and cuda) else torch.float32
+        else:
+            frozen = getattr(torch, dt)
+        return frozen, auto_dtype
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        self.frozen_dtype, self.autocast_dtype = self._precision()
+        base = _load_base(cfg, self.device, self.frozen_dtype) if self._pipeline is None else self._given_base()
+        self.base = base
+        self.tokenizer, self.scheduler, self.family = base.tokenizer, base.scheduler, base.family
+        self.unet = base.unet
+        self.unet_orig = self.unet if cfg.engine.share_unet else copy.deepcopy(self.unet)
+        te = base.text_encoder
+        self.te_orig = copy.deepcopy(te).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
+        torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
+        self.model, self.trainable_names = make_trainable(te, cfg.trainable)
+        self.model.to(self.device)
+        self.model.train()
+        self.te = self.model.get_base_model() if cfg.trainable.part == "lora" else self.model
+        self.params = [p for n, p in self.model.named_parameters() if n in set(self.trainable_names)]
+
+        # prompts
+        self.concept_kind = self._concept_kind()
+        self.forget_prompts = self._forget_prompts()
+        self.retain_prompts = self._retain_prompts()
+        # frozen-encoder outputs (cached for the fixed prompt sets)
+        self._orig_cache: dict[str, torch.Tensor] = {}
+        self.uncond = Conditioning(self._orig_hidden([""]))
+        shape = latent_shape(self.unet, 1)[1:]
+        sc = cfg.sampling
+        common = dict(
+            unet=self.unet_orig, scheduler=self.scheduler, shape=shape, ddim_steps=cfg.unlearn.ddim_steps,
+            guidance=cfg.unlearn.start_guidance, eta=cfg.unlearn.ddim_eta, refresh=sc.refresh,
+            refresh_every=sc.refresh_every, seed=cfg.seed, rank=self.rank, dtype=self.frozen_dtype,
+        )
+        self.forget_pool = TrajectoryPool(
+            "forget", self.forget_prompts, lambda idx: Conditioning(self._orig_hidden([self.forget_prompts[i] for i in idx])),
+            self.uncond, size=sc.pool, need_uncond=True, **common,
+        )
+        self.retain_pool = None
+        if cfg.retain.space in ("unet", "both") and cfg.retain.weight > 0:
+            self.retain_pool = TrajectoryPool(
+                "retain", self.retain_prompts,
+                lambda idx: Conditioning(self._orig_hidden([self.retain_prompts[i] for i in idx])),
+                self.uncond, size=sc.retain_pool, need_uncond=False, **common,
+            )
+        # optimiser
+        o = cfg.optim
+        if o.optimizer == "sgd":
+            self.opt = torch.optim.SGD(self.params, lr=o.lr, weight_decay=o.weight_decay)
+        else:
+            cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
+            self.opt = cls(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        self.attack_state = None
+        self._vocab_ids = None
+        self.step = 0
+        self.elapsed_before = 0.0
+
+    def _given_base(self) -> _Base:
+        from diffusers import DDIMScheduler
+
+        p = self._pipeline
+        missing = [a for a in ("unet", "text_encoder", "tokenizer", "scheduler") if getattr(p, a, None) is None]
+        if missing:
+            raise ValueError(f"pipeline lacks {', '.join(missing)}; pass a StableDiffusionPipeline or load model.base_model.")
+        unet = p.unet.requires_grad_(False).eval().to(self.device, self.frozen_dtype)
+        te = copy.deepcopy(p.text_encoder).to(torch.float32)
+        sched = DDIMScheduler.from_config(p.scheduler.config)
+        family = "miniature" if self.cfg.is_miniature else {768: "sd1", 1024: "sd2"}.get(
+            int(unet.config.cross_attention_dim), "sd1")
+        ref = _base_reference(self.cfg.model.base_model)[0] if self.cfg.is_miniature else self.cfg.model.base_model
+        return _Base(ref, unet, te, p.tokenizer, sched, family)
+
+    def _concept_kind(self) -> str:
+        c = self.cfg.concept
+        if self.cfg.is_miniature:
+            from ..miniature import get_concept
+
+            kind = get_concept(c.name).kind
+            if c.kind not in ("auto", kind):
+                raise ConfigError(f"concept.kind={c.kind!r} but miniature concept {c.name!r} is a {kind}.")
+            return kind
+        if c.kind == "auto":
+            raise ConfigError(
+                f"concept.kind is 'auto' for the real concept {c.name!r}; set it to nudity, style or object in the recipe."
+            )
+        return c.kind
+
+    def _concept_text(self) -> str:
+        return self.cfg.concept.text or self.cfg.concept.name.replace("_", " ")
+
+    def _forget_prompts(self) -> list[str]:
+        c = self.cfg.concept
+        if c.prompts:
+            return list(c.prompts)
+        if self.cfg.is_miniature:
+            return miniature_forget_prompts(c.name)
+        return [self._concept_text()]
+
+    def _retain_prompts(self) -> list[str]:
+        r = self.cfg.retain
+        text = self._concept_text()
+        if r.prompts != "auto":
+            prompts = read_prompt_file(r.prompts)
+        elif self.cfg.is_miniature:
+            prompts = miniature_retain_prompts(self.cfg.concept.name, n=r.num_prompts, seed=self.cfg.seed)
+        else:
+            prompts = default_retain_prompts(exclude=[text, self.cfg.concept.name])
+        if r.include_empty:
+            prompts = [""] + [p for p in prompts if p]
+        if not prompts:
+            raise ConfigError("The retain prompt set is empty.")
+        return prompts
+
+    # -- encoders ---------------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def _orig_hidden(self, prompts: list[str]) -> torch.Tensor:
+        """Frozen encoder's last hidden state for ``prompts`` (cached when engine.cache_original)."""
+        cache = self.cfg.engine.cache_original
+        missing = [p for p in dict.fromkeys(prompts) if not cache or p not in self._orig_cache]
+        fresh = {}
+        if missing:
+            ids = tokenize(self.tokenizer, missing, device=self.device)
+            out = encode_ids(self.te_orig, ids).last_hidden_state.to(self.frozen_dtype)
+            fresh = dict(zip(missing, out, strict=True))
+            if cache:
+                self._orig_cache.update(fresh)
+        src = self._orig_cache if cache else fresh
+        return torch.stack([src[p] for p in prompts])
+
+    def _encode(self, prompts: list[str]) -> torch.Tensor:
+        return encode_ids(self.te, tokenize(self.tokenizer, prompts, device=self.device)).last_hidden_state
+
+    # -- one iteration -------------------------------------------------------------------------------------------------
+    def _attack(self, step: int, prompts: list[str], xb) -> tuple[Any, bool]:
+        """Run (or reuse) the adversarial prompt for this iteration: (AttackResult, whether it was re-optimised)."""
+        from ..attacks import PromptAttack
+
+        a = self.cfg.attack
+        fresh = (step - a.warmup) % a.every == 0 or self.attack_state is None
+        acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
+        if not fresh:
+            acfg = dataclasses.replace(acfg, steps=0, init="warm")
+        attack = PromptAttack(self.te, self.tokenizer, acfg, vocab_ids=self._vocab_ids)
+        lat = xb.latents.to(self.device, self.frozen_dtype)
+        ts = xb.timesteps.to(self.device)
+        target = xb.eps_cond.to(self.device)
+
+        def loss_fn(enc):
+            return _mse_per_sample(predict_eps(self.unet, lat, ts, enc.last_hidden_state), target)
+
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._autocast():
+                res = attack.run(prompts, loss_fn, state=self.attack_state)
+        finally:
+            self.model.train(was_training)
+        if a.mode == "discrete" and self._vocab_ids is None:
+            self._vocab_ids = attack.vocab_ids
+        self.attack_state = res.state
+        return res, fresh
+
+    def _adv_hidden(self, res, idx: list[int]) -> torch.Tensor:
+        """Re-encode adversarial prompts ``idx`` with the current encoder (gradients reach its weights)."""
+        if res.adv_token_ids is not None:  # discrete: real tokens (== tokenising res.texts)
+            return encode_ids(self.te, res.real_input_ids[idx].to(self.device)).last_hidden_state
+        ids = res.input_ids[idx].to(self.device)
+        current = self.te.get_input_embeddings()(ids)
+        mask = res.adv_mask[idx].to(self.device).unsqueeze(-1)
+        emb = torch.where(mask, res.token_embeds[idx].to(self.device, current.dtype), current)
+        return encode_from_token_embeds(self.te, emb, ids).last_hidden_state
+
+    def _lr(self, step: int) -> float:
+        o = self.cfg.optim
+        return o.lr * min(1.0, (step + 1) / o.lr_warmup) if o.lr_warmup else o.lr
+
+    def train_step(self, step: int) -> dict[str, Any]:
+        cfg = self.cfg
+        gen = derived_generator(cfg.seed, "step", self.rank, step)
+        t0 = time.perf_counter()
+        xb = self.forget_pool.sample(cfg.unlearn.batch_size, step, gen)
+        t_sample = time.perf_counter() - t0
+        prompts = [self.forget_prompts[int(i)] for i in xb.prompt_index]
+        eta = cfg.unlearn.negative_guidance
+        target = (xb.eps_uncond - eta * (xb.eps_cond - xb.eps_uncond)).to(self.device)
+        record: dict[str, Any] = {"step": step + 1}
+
+        attacking = cfg.attack.enabled and step >= cfg.attack.warmup
+        res = None
+        t0 = time.perf_counter()
+        if attacking:
+            res, fresh = self._attack(step, prompts, xb)
+            if fresh and res.losses:
+                record["attack_loss_start"] = res.losses[0]
+            if res.sample_losses is not None:
+                record["attack_loss"] = float(res.sample_losses.float().mean())
+            if res.texts is not None:
+                record["adv_prompt"] = res.texts[0]
+
+        t_attack = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.opt.param_groups[0]["lr"] = lr = self._lr(step)
+        self.opt.zero_grad(set_to_none=True)
+        lat = xb.latents.to(self.device, self.frozen_dtype)
+        ts = xb.timesteps.to(self.device)
+        parts: list[_Part] = []
+        if res is not None:
+            parts.append(_Part("forget_adv", lat, ts, lambda idx: self._adv_hidden(res, idx), target))
+        if res is None or cfg.unlearn.include_clean:
+            parts.append(_Part("forget_clean", lat, ts, lambda idx: self._encode([prompts[i] for i in idx]), target))
+        n_forget = len(parts)
+        for p in parts:
+            p.coef = 1.0 / (n_forget * len(p))
+        r = cfg.retain
+        retain_enc = None
+        if r.weight > 0 and r.space in ("unet", "both"):
+            t1 = time.perf_counter()
+            rb = self.retain_pool.sample(r.batch_size, step, gen)
+            t_retain_sample = time.perf_counter() - t1
+            t_sample += t_retain_sample
+            t0 += t_retain_sample
+            rp = [self.retain_prompts[int(i)] for i in rb.prompt_index]
+            parts.append(_Part(
+                "retain", rb.latents.to(self.device, self.frozen_dtype), rb.timesteps.to(self.device),
+                lambda idx: self._encode([rp[i] for i in idx]), rb.eps_cond.to(self.device), r.weight / len(rp),
+            ))
+        # UNet passes of the trained branch, in chunks: one batched call for everything (default), one call per
+        # part (reference), or micro-batches of `engine.micro_batch` samples, each back-propagated at once so only
+        # that many samples' activations are alive (peak memory of a batch-1 pass on SD-sized models)
+        e = cfg.engine
+        samples = [(k, i) for k, p in enumerate(parts) for i in range(len(p))]
+        if e.micro_batch > 0:
+            chunks = [samples[j:j + e.micro_batch] for j in range(0, len(samples), e.micro_batch)]
+        elif e.fused_unet_batch:
+            chunks = [samples]
+        else:
+            chunks = [[(k, i) for (k, i) in samples if k == kk] for kk in range(len(parts))]
+        sums = [0.0] * len(parts)
+        pending = []
+        for chunk in chunks:
+            if not chunk:
+                continue
+            with self._autocast():
+                by_part: dict[int, list[int]] = {}
+                for k, i in chunk:
+                    by_part.setdefault(k, []).append(i)
+                keys = list(by_part)
+                eps = predict_eps(
+                    self.unet,
+                    torch.cat([parts[k].latents[by_part[k]] for k in keys]),
+                    torch.cat([parts[k].timesteps[by_part[k]] for k in keys]),
+                    torch.cat([parts[k].hidden(by_part[k]) for k in keys]),
+                )
+                tgt = torch.cat([parts[k].target[by_part[k]] for k in keys])
+                coef = torch.tensor([parts[k].coef for k in keys for _ in by_part[k]], device=eps.device)
+                per = _mse_per_sample(eps, tgt)
+                chunk_loss = (coef * per).sum()
+            off = 0
+            for k in keys:
+                n = len(by_part[k])
+                sums[k] += float(per[off:off + n].detach().sum())
+                off += n
+            if e.micro_batch > 0:
+                self._backward(chunk_loss)
+            else:
+                pending.append(chunk_loss)
+        enc_weight = r.weight if r.space == "encoder" else (r.encoder_weight if r.space == "both" else 0.0)
+        if enc_weight > 0:
+            idx = torch.randint(len(self.retain_prompts), (r.batch_size,), generator=gen).tolist()
+            ep = [self.retain_prompts[i] for i in idx]
+            with self._autocast():
+                retain_enc = F.mse_loss(self._encode(ep).float(), self._orig_hidden(ep).float())
+            pending.append(enc_weight * retain_enc)
+        if pending:
+            self._backward(sum(pending))
+        part_loss = {p.name: sums[k] / len(p) for k, p in enumerate(parts)}
+        loss_forget = sum(v for k, v in part_loss.items() if k.startswith("forget")) / n_forget
+        loss = loss_forget + (r.weight * part_loss["retain"] if "retain" in part_loss else 0.0)
+        if retain_enc is not None:
+            part_loss["retain_encoder"] = float(retain_enc.detach())
+            loss += enc_weight * part_loss["retain_encoder"]
+
+        self._average_gradients()
+        if cfg.optim.grad_clip is not None:
+            if self.scaler is not None:
+                self.scaler.unscale_(self.opt)
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.optim.grad_clip)
+        if self.scaler is not None:
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+        t_update = time.perf_counter() - t0
+        record.update({"loss": loss, "loss_forget": loss_forget, "lr": lr})
+        record.update(t_sample=round(t_sample, 4), t_attack=round(t_attack, 4), t_update=round(t_update, 4))
+        if "retain" in part_loss:
+            record["loss_retain"] = part_loss["retain"]
+        if "retain_encoder" in part_loss:
+            record["loss_retain_encoder"] = part_loss["retain_encoder"]
+        return record
+
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _average_gradients(self) -> None:
+        if self.world == 1:
+            return
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        flat /= self.world
+        off = 0
+        for p, g in zip(self.params, grads, strict=True):
+            n = g.numel()
+            p.grad = flat[off:off + n].view_as(p).clone()
+            off += n
+
+    # -- checkpoints ---------------------------------------------------------------------------------------------------
+    def _save_checkpoint(self, step: int, elapsed: float) -> None:
+        ckpt.write_rank_rng(self.run_dir, step, self.rank)
+        self.acc.wait_for_everyone()
+        if self.is_main:
+            from ..attacks import AttackState  # noqa: F401  (documents the serialised type)
+
+            params = dict(self.model.named_parameters())
+            tensors = {f"model.{n}": params[n].detach().to("cpu").contiguous().clone() for n in self.trainable_names}
+            opt_t, opt_meta = ckpt.flatten_optimizer_state(self.opt.state_dict())
+            tensors.update(opt_t)
+            atk_t, atk_meta = ckpt.serialize_dataclass(self.attack_state, "attack.")
+            tensors.update(atk_t)
+            meta = {
+                "step": step,
+                "iterations": self.cfg.iterations,
+                "world_size": self.world,
+                "elapsed_s": elapsed,
+                "optimizer": opt_meta,
+                "attack_state": atk_meta,
+                "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                "config_fingerprint": self.cfg.fingerprint(RESUMABLE_KEYS),
+                "trainable_names": self.trainable_names,
+            }
+            ckpt.write_checkpoint(self.run_dir, step, tensors, meta)
+            ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
+        self.acc.wait_for_everyone()
+
+    def _load_checkpoint(self, path: Path) -> None:
+        from ..attacks import AttackState
+
+        tensors, meta = ckpt.read_checkpoint(path)
+        if meta.get("world_size", 1) != self.world:
+            raise RunDirError(
+                f"Checkpoint {path} was written by {meta.get('world_size')} process(es); resume it with the same number "
+                f"(now {self.world}) so every process gets its own random stream back."
+            )
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n in self.trainable_names:
+                key = f"model.{n}"
+                if key not in tensors:
+                    raise RunDirError(f"Checkpoint {path} lacks trainable tensor {n!r}; it belongs to another setup.")
+                params[n].copy_(tensors[key].to(params[n].device, params[n].dtype))
+        self.opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta["optimizer"]))
+        if self.scaler is not None and meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        self.attack_state = ckpt.deserialize_dataclass(AttackState, tensors, meta["attack_state"], "attack.", self.device)
+        rng = ckpt.read_rank_rng(path, self.rank)
+        if rng is not None:
+            ckpt.restore_rng(*rng)
+        self.step = int(meta["step"])
+        self.elapsed_before = float(meta.get("elapsed_s", 0.0))
+
+    # -- outputs -------------------------------------------------------------------------------------------------------
+    def _fingerprint(self) -> torch.Tensor:
+        return torch.stack([p.detach().double().sum() for p in self.params] + [p.detach().double().abs().sum() for p in self.params])
+
+    def _check_replicas(self) -> bool:
+        if self.world == 1:
+            return True
+        fp = self._fingerprint().to(self.device)
+        allfp = self.acc.gather(fp.unsqueeze(0))
+        same = bool(torch.all(allfp == allfp[0:1]))
+        if not same:
+            raise RuntimeError("Training replicas diverged: the processes hold different encoder weights.")
+        return same
+
+    def _save_outputs(self, train_time: float) -> None:
+        out = self.run_dir / "text_encoder"
+        tmp = self.run_dir / ".tmp-text_encoder"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        fmt = "lora" if self.cfg.trainable.part == "lora" else "full"
+        import warnings
+
+        with warnings.catch_warnings():  # peft looks for a config.json at the pipeline root; the embeddings are frozen
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            self.model.save_pretrained(str(tmp), safe_serialization=True)
+        if fmt == "lora":  # point the adapter at the base pipeline (loaders take its text_encoder/)
+            acfg_path = tmp / "adapter_config.json"
+            acfg = json.loads(acfg_path.read_text(encoding="utf-8"))
+            acfg["base_model_name_or_path"] = self.base.ref
+            acfg["revision"] = self.cfg.model.revision
+            acfg_path.write_text(json.dumps(acfg, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        info = {
+            "concept": self.cfg.concept.name,
+            "concept_kind": self.concept_kind,
+            "method": "advunlearn",
+            "base_model": self.base.ref,
+            "base_subfolder": "text_encoder",
+            "base_revision": self.cfg.model.revision,
+            "base_families": [self.family],
+            "trainable": self.cfg.trainable.part,
+            "trainable_detail": self._trainable_detail(),
+            "recipe": self.cfg.recipe,
+            "format": fmt,
+            "encoders": ["text_encoder"],
+            "train_time_s": round(train_time, 2),
+            "iterations": self.cfg.iterations,
+            "world_size": self.world,
+            "seed": self.cfg.seed,
+        }
+        _atomic_write(self.run_dir / "robust_encoder.json", json.dumps(info, indent=2) + "\n")
+
+    def _trainable_detail(self) -> dict[str, Any]:
+        t = self.cfg.trainable
+        d: dict[str, Any] = {"part": t.part, "train_embeddings": t.train_embeddings,
+                             "parameters": int(sum(p.numel() for p in self.params))}
+        if t.part == "first_k":
+            d["layers"] = t.layers
+        if t.part == "lora":
+            d.update(rank=t.lora.rank, alpha=t.lora.alpha, targets=list(t.lora.targets))
+        return d
+
+    def _log(self, record: dict[str, Any]) -> None:
+        self.log_history.append(record)
+        if self.is_main:
+            with open(self.run_dir / "log.jsonl", "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        f = self.run_dir / "log.jsonl"
+        if not self.is_main or not f.is_file():
+            return
+        keep = []
+        for ln in f.read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:  # a line cut short by a kill
+                continue
+            if rec.get("step", 0) <= step and "event" not in rec:
+                keep.append(ln)
+        _atomic_write(f, "".join(ln + "\n" for ln in keep))
+
+    # -- main loop -----------------------------------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Train (or continue) and write the run folder; returns its path."""
+        from tqdm.auto import tqdm
+
+        decision = self._prepare_run_dir()
+        t_setup = time.perf_counter()
+        self._setup()
+        if decision == "resume":
+            last = ckpt.latest_checkpoint(self.run_dir)
+            if last is not None:
+                self._load_checkpoint(last)
+            self._truncate_log(self.step)
+        cfg = self.cfg
+        if self.step >= cfg.iterations and (self.run_dir / "robust_encoder.json").is_file():
+            return self.run_dir
+        setup_s = time.perf_counter() - t_setup
+        bar = tqdm(
+            total=cfg.iterations, initial=self.step, disable=not (cfg.log.progress and self.is_main),
+            desc=f"advunlearn {cfg.concept.name}", dynamic_ncols=True,
+        )
+        t0 = time.perf_counter()
+        last_attack = None
+        try:
+            for step in range(self.step, cfg.iterations):
+                t_it = time.perf_counter()
+                record = self.train_step(step)
+                self.step = step + 1
+                if "attack_loss" in record:
+                    last_attack = record["attack_loss"]
+                dt = time.perf_counter() - t_it
+                record["time_s"] = round(dt, 4)
+                record["elapsed_s"] = round(self.elapsed_before + time.perf_counter() - t0, 2)
+                if self.world > 1:
+                    lt = torch.tensor([record["loss"]], device=self.device)
+                    record["loss_mean_over_processes"] = float(self.acc.reduce(lt, "mean"))
+                if self.step % cfg.log.every == 0 or self.step == cfg.iterations:
+                    self._log(record)
+                post = {"loss": f"{record['loss']:.4f}"}
+                if last_attack is not None:
+                    post["atk"] = f"{last_attack:.4f}"
+                bar.set_postfix(post, refresh=False)
+                bar.update(1)
+                if self.step % cfg.checkpoint.every == 0 or self.step == cfg.iterations:
+                    self._save_checkpoint(self.step, self.elapsed_before + time.perf_counter() - t0)
+        finally:
+            bar.close()
+        train_time = self.elapsed_before + time.perf_counter() - t0
+        self.replicas_identical = self._check_replicas()
+        if self.is_main:
+            self._save_outputs(train_time)
+            self._log({"step": self.step, "event": "done", "train_time_s": round(train_time, 2),
+                       "setup_s": round(setup_s, 2), "world_size": self.world,
+                       "replicas_identical": self.replicas_identical})
+        self.acc.wait_for_everyone()
+        return self.run_dir
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".tmp-{path.name}")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def train(
+    config_or_path: TrainConfig | Mapping[str, Any] | str | os.PathLike,
+    overrides: Iterable[str] = (),
+    output_dir: str | os.PathLike | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Train a robust text encoder; returns the run folder.
+
+    ``config_or_path``: a :class:`TrainConfig`, a mapping, a recipe YAML path, or a concept name
+    (``"star"`` resolves to ``recipes/miniature_star.yaml``). ``overrides``: dotted
+    ``KEY=VALUE`` strings. ``output_dir`` defaults to ``runs/<recipe>``.
+
+    Example:
+        >>> from robust_encoders.training import train
+        >>> run = train("star", ["iterations=2", "attack.warmup=1", "attack.steps=2"],
+        ...             output_dir="/tmp/re-doc-run", overwrite=True)   # doctest: +SKIP
+        >>> sorted(p.name for p in run.iterdir())                        # doctest: +SKIP
+        ['checkpoints', 'config.yaml', 'log.jsonl', 'robust_encoder.json', 'text_encoder']
+    """
+    cfg = resolve_config(config_or_path, overrides)
+    out = Path(output_dir) if output_dir is not None else Path("runs") / cfg.recipe
+    return Trainer(cfg, out, resume=resume, overwrite=overwrite).run()

@@ -1,0 +1,154 @@
+"""PromptAttack on a tiny random CLIP text encoder (real CLIP tokenizer, real vocabulary size)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from robust_encoders.attacks import (
+    AttackState,
+    PromptAttack,
+    PromptAttackConfig,
+    decode_ids,
+    project_to_simplex,
+)
+from robust_encoders.core.text import tokenize
+from robust_encoders.tokenization import load_clip_tokenizer
+
+PROMPTS = ["a red star", "a blue heart on a striped wall"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return load_clip_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def enc():
+    torch.manual_seed(0)
+    cfg = CLIPTextConfig(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, eos_token_id=49407, bos_token_id=49406, pad_token_id=49407,
+    )
+    return CLIPTextModel(cfg).eval()
+
+
+def _loss(target):
+    return lambda out: ((out.pooled - target) ** 2).mean(-1)
+
+
+@pytest.mark.parametrize(
+    "mode,optimizer,lr",
+    [("continuous", "adam", 0.05), ("continuous", "sign", 0.02), ("discrete", "adam", 0.01), ("discrete", "sign", 0.005)],
+)
+def test_attack_lowers_loss_and_leaves_encoder_alone(enc, tok, mode, optimizer, lr):
+    target = torch.randn(32, generator=torch.Generator().manual_seed(1))
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    enc.encoder.layers[0].mlp.fc1.weight.requires_grad_(False)  # a mixed pattern of flags to restore
+    flags = {n: p.requires_grad for n, p in enc.named_parameters()}
+    cfg = PromptAttackConfig(mode=mode, steps=15, lr=lr, k=2, optimizer=optimizer, project_every=5)
+    res = PromptAttack(enc, tok, cfg).run(PROMPTS, _loss(target))
+    assert len(res.losses) == 15
+    assert res.losses[-1] < res.losses[0]
+    if mode == "continuous":
+        # the returned embeddings reach a lower loss than the starting point
+        assert float(res.sample_losses.mean()) < res.losses[0]
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
+    assert flags == {n: p.requires_grad for n, p in enc.named_parameters()}
+    enc.encoder.layers[0].mlp.fc1.weight.requires_grad_(True)
+
+
+@pytest.mark.parametrize("position", ["prefix", "suffix", "replace"])
+def test_only_adversarial_slots_change(enc, tok, position):
+    cfg = PromptAttackConfig(steps=3, lr=0.1, k=3, position=position)
+    res = PromptAttack(enc, tok, cfg).run(PROMPTS, _loss(torch.zeros(32)))
+    base = enc.get_input_embeddings()(res.input_ids)
+    assert res.adv_mask.sum(-1).tolist() == [3, 3]
+    assert torch.equal(res.token_embeds[~res.adv_mask], base[~res.adv_mask])
+    assert not torch.allclose(res.token_embeds[res.adv_mask], base[res.adv_mask])
+    plain = tokenize(tok, PROMPTS)
+    if position == "prefix":
+        assert res.adv_mask[:, 1:4].all()
+        assert torch.equal(res.input_ids[0, 4:7], plain[0, 1:4])  # "a red star" shifted right by k
+
+
+def test_discrete_tokens_retokenise_to_the_same_embeddings(enc, tok):
+    cfg = PromptAttackConfig(mode="discrete", steps=5, lr=0.01, k=4, position="suffix")
+    res = PromptAttack(enc, tok, cfg).run(PROMPTS, _loss(torch.ones(32)))
+    assert res.adv_token_ids.shape == (2, 4) and len(res.texts) == 2
+    ids = tokenize(tok, res.texts)
+    assert torch.equal(ids, res.real_input_ids)
+    assert torch.equal(enc.get_input_embeddings()(ids), res.token_embeds)
+    assert res.texts[0].startswith("a red star ")
+    # the reported per-prompt loss is the loss of the real tokens
+    hard = ((enc(ids).pooler_output - 1) ** 2).mean(-1)
+    assert torch.allclose(hard, res.sample_losses, atol=1e-5)
+
+
+def test_eps_bound_warm_start_and_seed(enc, tok):
+    cfg = PromptAttackConfig(steps=4, lr=0.5, k=1, eps=0.01, optimizer="sign", init="warm", seed=3)
+    att = PromptAttack(enc, tok, cfg)
+    first = att.run(PROMPTS, _loss(torch.zeros(32)))
+    assert first.state.rounds == 1  # warm without a state starts randomly
+    again = PromptAttack(enc, tok, cfg).run(PROMPTS, _loss(torch.zeros(32)))
+    assert torch.equal(first.token_embeds, again.token_embeds)  # seeded
+    second = att.run(PROMPTS[:1], _loss(torch.zeros(32)), state=first.state)
+    assert second.state.rounds == 2
+    drift = (second.state.variable - first.state.variable[:1]).abs().max()
+    assert float(drift) <= 0.01 + 1e-6  # eps ball around the warm start
+
+
+def test_config_errors_teach():
+    with pytest.raises(ValueError, match="mode"):
+        PromptAttackConfig(mode="pgd")
+    with pytest.raises(ValueError, match="k must be"):
+        PromptAttackConfig(k=0)
+    with pytest.raises(ValueError, match="discrete"):
+        PromptAttackConfig(mode="discrete", eps=0.1)
+    assert "L-inf" in PromptAttackConfig.help()["eps"]
+    with pytest.raises(ValueError, match="warm-start"):
+        cfg = PromptAttackConfig(mode="discrete", init="warm", steps=1)
+        PromptAttack(None, load_clip_tokenizer(), cfg)._init_variable(
+            1, AttackState("continuous", torch.zeros(1, 1, 4)), torch.Generator()
+        )
+
+
+def test_simplex_projection_and_decode(tok):
+    v = torch.tensor([[0.5, 2.0, -1.0], [0.2, 0.2, 0.2]])
+    p = project_to_simplex(v)
+    assert torch.allclose(p.sum(-1), torch.ones(2)) and (p >= 0).all()
+    assert torch.allclose(p[0], torch.tensor([0.0, 1.0, 0.0]))
+    assert decode_ids(tok, tok("a five-pointed star, please!").input_ids) == "a five - pointed star , please !"
+
+
+def test_fast_simplex_projection_is_exact():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(3, 5, 2000, generator=g)
+    v[0] *= 0.001  # wide support: falls back to a full sort
+    v[1, :, :3] += 10  # tiny support: top-k path
+    ref = project_to_simplex(v, support_hint=2000)
+    fast = project_to_simplex(v, support_hint=16)
+    assert torch.allclose(ref, fast, atol=1e-6)
+    assert torch.allclose(fast.sum(-1), torch.ones(3, 5), atol=1e-5)
+
+
+def test_token_search_never_gets_worse_and_stays_real(enc, tok):
+    from robust_encoders.attacks import TokenSearch, TokenSearchConfig
+
+    goal = torch.randn(2, 32, generator=torch.Generator().manual_seed(2))
+
+    def loss(out, rows):  # deterministic, so the kept tokens' loss can only go down
+        return ((out.pooled - goal[rows]) ** 2).mean(-1)
+
+    search = TokenSearch(enc, tok, PROMPTS, TokenSearchConfig(k=3, candidates=8, topk=16, seed=1))
+    history = [search.step(loss).clone() for _ in range(6)]
+    for a, b in zip(history, history[1:], strict=False):
+        assert (b <= a + 1e-6).all()
+    assert float(history[-1].sum()) < float(history[0].sum())
+    ids = tokenize(tok, search.texts)
+    assert torch.equal(ids, search.input_ids)
+    real = ((enc(ids).pooler_output - goal) ** 2).mean(-1)
+    assert torch.allclose(real, history[-1], atol=1e-5)
+    search.keep([1])
+    assert search.batch == 1 and search.texts[0].endswith(PROMPTS[1])

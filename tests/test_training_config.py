@@ -1,0 +1,147 @@
+"""Recipes, dotted overrides, validation and the `train` CLI surface (no model is loaded)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from robust_encoders.training import (
+    REAL_CONCEPTS,
+    ConfigError,
+    TrainConfig,
+    UnknownConceptError,
+    apply_overrides,
+    list_recipes,
+    load_recipe,
+    recipes_dir,
+    resolve_concept,
+)
+from robust_encoders.training.prompts import (
+    default_retain_prompts,
+    mentions,
+    miniature_forget_prompts,
+    miniature_retain_prompts,
+)
+
+MINI = {"concept": {"name": "star"}, "model": {"base_model": "miniature"}}
+
+
+def test_overrides_parse_types_and_validate():
+    cfg = apply_overrides(TrainConfig.from_dict(MINI), [
+        "attack.steps=5", "optim.lr=1e-5", "trainable.lora.targets=[q_proj, v_proj]", "optim.grad_clip=null",
+        ("retain.weight", 0.25), "attack.enabled=false",
+    ])
+    assert cfg.attack.steps == 5 and cfg.optim.lr == pytest.approx(1e-5)
+    assert cfg.trainable.lora.targets == ["q_proj", "v_proj"] and cfg.optim.grad_clip is None
+    assert cfg.retain.weight == 0.25 and cfg.attack.enabled is False
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("atack.steps=5", "Did you mean 'attack.steps'"),
+        ("attack.stepz=5", "Did you mean 'attack.steps'"),
+        ("retain.wieght=0.3", "Did you mean 'retain.weight'"),
+        ("lr=1e-4", "'optim.lr'"),
+        ("attack.steps=five", "attack.steps must be an integer"),
+        ("attack.mode=sparse", "attack.mode='sparse' is not valid"),
+        ("trainable.part=everything", "choose one of"),
+        ("sampling.pool=6", "multiple of sampling.refresh"),
+        ("attack.steps", "is not KEY=VALUE"),
+    ],
+)
+def test_bad_overrides_teach(override, message):
+    cfg = TrainConfig.from_dict(MINI)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        apply_overrides(cfg, [override, "sampling.refresh=4"] if "pool" in override else [override])
+
+
+def test_unknown_recipe_key_is_rejected(tmp_path):
+    (tmp_path / "r.yaml").write_text("concept:\n  name: star\nmodel:\n  base_model: miniature\nattack:\n  stpes: 3\n")
+    with pytest.raises(ConfigError, match="Unknown config key 'attack.stpes'. Did you mean 'attack.steps'"):
+        load_recipe(tmp_path / "r.yaml")
+
+
+def test_every_recipe_loads_and_is_headed_by_its_command():
+    folder = recipes_dir()
+    names = list_recipes()
+    for need in ["miniature_default", "miniature_star", "miniature_red", "miniature_stripes", *REAL_CONCEPTS]:
+        assert need in names
+    for name in names:
+        path = folder / f"{name}.yaml"
+        first = path.read_text().splitlines()[0]
+        assert first.startswith("# robust-encoders train --recipe recipes/" + path.name), (name, first)
+        overrides = ["concept.name=heart"] if name == "miniature_default" else []
+        if name == "advunlearn_sd14":
+            overrides = ["concept.name=vangogh", "concept.kind=style"]
+        cfg = load_recipe(path, overrides)
+        assert cfg.recipe == name
+
+
+def test_real_recipes_carry_advunlearn_defaults():
+    for name in REAL_CONCEPTS:
+        cfg = load_recipe(recipes_dir() / f"{name}.yaml")
+        assert (cfg.iterations, cfg.optim.lr, cfg.attack.warmup) == (1000, 1e-5, 200)
+        assert (cfg.attack.steps, cfg.attack.lr, cfg.attack.k, cfg.attack.position) == (30, 1e-3, 1, "prefix")
+        assert (cfg.retain.batch_size, cfg.unlearn.ddim_steps) == (5, 50)
+        assert cfg.retain.weight == (0.3 if name == "nudity" else 0.5)
+        assert cfg.model.base_model == "CompVis/stable-diffusion-v1-4"
+
+
+def test_concepts_resolve_to_recipes():
+    assert resolve_concept("star")[0].name == "miniature_star.yaml"
+    assert resolve_concept("pentagram")[0].name == "miniature_star.yaml"  # a synonym
+    path, extra = resolve_concept("heart")
+    assert path.name == "miniature_default.yaml" and "concept.name=heart" in extra
+    assert resolve_concept("vangogh")[0].name == "vangogh.yaml"
+    assert resolve_concept("Van Gogh")[0].name == "vangogh.yaml"
+    with pytest.raises(UnknownConceptError, match="Did you mean: star"):
+        resolve_concept("starr")
+
+
+def test_miniature_default_fits_the_cpu_budget():
+    cfg = load_recipe(recipes_dir() / "miniature_star.yaml")
+    assert cfg.is_miniature and cfg.iterations <= 400 and cfg.attack.steps <= 10 and cfg.unlearn.ddim_steps <= 20
+
+
+def test_prompt_sets():
+    sd = default_retain_prompts()
+    assert len(sd) >= 200 and len(set(sd)) == len(sd)
+    assert not [p for p in sd if mentions(p, ["church", "garbage truck", "parachute", "tench", "nudity", "van gogh"])]
+    for concept in ("star", "red", "stripes"):
+        forget = miniature_forget_prompts(concept)
+        assert forget and all(concept in p or concept[:-1] in p for p in forget)
+        retain = miniature_retain_prompts(concept, n=200, seed=0)
+        assert len(retain) == 200
+        from robust_encoders.miniature import CONCEPTS
+
+        assert not [p for p in retain if mentions(p, CONCEPTS[concept].synonyms)]
+
+
+def test_cli_register_adds_train_with_examples(capsys):
+    from robust_encoders.training.cli import register, run_train
+
+    parser = argparse.ArgumentParser(prog="robust-encoders")
+    sub = parser.add_subparsers(dest="command")
+    p = register(sub)
+    assert "robust-encoders train --concept star" in p.epilog
+    args = parser.parse_args(["train", "--concept", "star", "attack.steps=3", "--print-config"])
+    assert args.func is run_train
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "steps: 3" in out and "name: star" in out
+    args = parser.parse_args(["train", "--concept", "star", "atack.steps=3", "--print-config"])
+    assert args.func(args) == 2
+    assert "Did you mean 'attack.steps'" in capsys.readouterr().err
+    args = parser.parse_args(["train", "--concept", "nosuchthing"])
+    assert args.func(args) == 2
+    assert "Unknown concept 'nosuchthing'" in capsys.readouterr().err
+
+
+def test_resolved_config_round_trips_through_yaml(tmp_path: Path):
+    cfg = load_recipe(recipes_dir() / "miniature_red.yaml", ["attack.steps=4"])
+    (tmp_path / "config.yaml").write_text(cfg.to_yaml("# header"))
+    again = load_recipe(tmp_path / "config.yaml")
+    assert again.to_dict() == {**cfg.to_dict(), "recipe": cfg.recipe}

@@ -1,0 +1,184 @@
+"""End-to-end training runs on the embedded miniature world (real diffusers UNet, real peft, real safetensors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robust_encoders.training import BaseModelUnavailableError, RunDirError, Trainer, train
+from robust_encoders.training.trainer import resolve_config
+
+# A few seconds per run: tiny DDIM, tiny pools, a two-step attack after a one-step warm-up.
+TINY = [
+    "unlearn.ddim_steps=4", "unlearn.batch_size=2", "sampling.pool=2", "sampling.retain_pool=2", "sampling.refresh=1",
+    "sampling.refresh_every=2", "attack.warmup=1", "attack.steps=2", "retain.batch_size=2", "retain.num_prompts=20",
+    "log.progress=false", "optim.lr=1e-3",
+]
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    folder = run / "text_encoder"
+    name = "adapter_model.safetensors" if (folder / "adapter_config.json").exists() else "model.safetensors"
+    return load_file(str(folder / name))
+
+
+def test_run_folder_contract(tmp_path):
+    run = train("star", TINY + ["iterations=3", "checkpoint.every=2"], output_dir=tmp_path / "run")
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoints", "config.yaml", "log.jsonl", "robust_encoder.json", "text_encoder"]
+    info = json.loads((run / "robust_encoder.json").read_text())
+    assert info["concept"] == "star" and info["concept_kind"] == "object" and info["method"] == "advunlearn"
+    assert info["base_families"] == ["miniature"] and info["format"] == "full" and info["encoders"] == ["text_encoder"]
+    assert info["recipe"] == "miniature_star" and info["iterations"] == 3 and info["trainable"] == "all"
+    assert Path(info["base_model"], "model_index.json").is_file()
+    from transformers import CLIPTextModel
+
+    trained = CLIPTextModel.from_pretrained(run / "text_encoder")
+    base = CLIPTextModel.from_pretrained(Path(info["base_model"]) / "text_encoder", dtype=torch.float32)
+    sd_t, sd_b = trained.state_dict(), base.state_dict()
+    assert not torch.equal(sd_t["encoder.layers.0.mlp.fc1.weight"], sd_b["encoder.layers.0.mlp.fc1.weight"])
+    assert torch.equal(sd_t["embeddings.token_embedding.weight"], sd_b["embeddings.token_embedding.weight"])
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log[:3]] == [1, 2, 3] and log[-1]["event"] == "done"
+    assert "attack_loss" in log[1] and "attack_loss" not in log[0]  # warm-up of one iteration
+    assert resolve_config(run / "config.yaml").to_dict() == resolve_config("star", TINY + ["iterations=3",
+                                                                                          "checkpoint.every=2"]).to_dict()
+    assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_0000002", "step_0000003"]
+    from robust_encoders import load_robust_encoder  # the loader reads the run folder directly
+
+    loaded = load_robust_encoder(run / "text_encoder")
+    assert torch.equal(loaded.state_dict()["encoder.layers.0.mlp.fc1.weight"], sd_t["encoder.layers.0.mlp.fc1.weight"])
+
+
+class _Killed(RuntimeError):
+    pass
+
+
+def test_resume_is_bit_identical(tmp_path, monkeypatch):
+    ov = TINY + ["iterations=4", "checkpoint.every=2", "attack.every=2", "attack.init=warm"]
+    full = train("star", ov, output_dir=tmp_path / "full")
+
+    original = Trainer.train_step
+
+    def dies_at_step_3(self, step):
+        if step == 2:
+            raise _Killed("simulated crash after the step-2 checkpoint")
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_3)
+    with pytest.raises(_Killed):
+        train("star", ov, output_dir=tmp_path / "split")
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert not (tmp_path / "split" / "robust_encoder.json").exists()
+    with pytest.raises(RunDirError, match="--resume"):
+        train("star", ov, output_dir=tmp_path / "split")
+    split = train("star", ov, output_dir=tmp_path / "split", resume=True)
+    a, b = _weights(full), _weights(split)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    steps = [json.loads(ln)["step"] for ln in (split / "log.jsonl").read_text().splitlines()]
+    assert steps[:4] == [1, 2, 3, 4]
+    # growing `iterations` continues a finished run
+    longer = train("star", [*ov, "iterations=5"], output_dir=tmp_path / "full", resume=True)
+    assert json.loads((longer / "robust_encoder.json").read_text())["iterations"] == 5
+
+
+def test_output_dir_guard(tmp_path):
+    ov = TINY + ["iterations=1", "attack.enabled=false", "retain.space=encoder"]
+    run = train("red", ov, output_dir=tmp_path / "r")
+    with pytest.raises(RunDirError, match="already holds the same run, finished"):
+        train("red", ov, output_dir=run)
+    with pytest.raises(RunDirError, match="a different run .*concept 'red'.*concept.name"):
+        train("stripes", ov, output_dir=run)
+    with pytest.raises(RunDirError, match="Cannot resume.*retain.weight"):
+        train("red", [*ov, "retain.weight=0.1"], output_dir=run, resume=True)
+    before = (run / "robust_encoder.json").stat().st_mtime_ns
+    train("stripes", ov, output_dir=run, overwrite=True)
+    assert json.loads((run / "robust_encoder.json").read_text())["concept"] == "stripes"
+    assert (run / "robust_encoder.json").stat().st_mtime_ns != before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(RunDirError, match="holds no training run"):
+        train("red", ov, output_dir=tmp_path / "mine")
+    with pytest.raises(RunDirError, match="not from a training run"):
+        train("red", ov, output_dir=tmp_path / "mine", overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_lora_run_writes_a_reloadable_adapter(tmp_path):
+    from peft import PeftModel
+    from transformers import CLIPTextModel
+
+    from robust_encoders.core.text import encode_ids, tokenize
+    from robust_encoders.tokenization import load_clip_tokenizer
+
+    run = train("stripes", TINY + ["iterations=2", "trainable.part=lora", "trainable.lora.rank=2", "optim.lr=1e-2",
+                                   "retain.space=encoder"], output_dir=tmp_path / "lora")
+    folder = run / "text_encoder"
+    cfg = json.loads((folder / "adapter_config.json").read_text())
+    info = json.loads((run / "robust_encoder.json").read_text())
+    assert info["format"] == "lora" and cfg["base_model_name_or_path"] == info["base_model"]
+    assert (folder / "adapter_model.safetensors").is_file()
+    base = CLIPTextModel.from_pretrained(Path(info["base_model"]) / "text_encoder", dtype=torch.float32)
+    ids = tokenize(load_clip_tokenizer(), ["a square on a striped background"])
+    before = encode_ids(base, ids).last_hidden_state
+    adapted = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    after = encode_ids(adapted, ids).last_hidden_state
+    assert not torch.allclose(before, after)
+    from robust_encoders import load_robust_encoder
+
+    loaded = load_robust_encoder(folder)
+    torch.testing.assert_close(encode_ids(loaded, ids).last_hidden_state, after)
+
+
+def test_discrete_attack_first_layer_run(tmp_path):
+    run = train("red", TINY + ["iterations=2", "attack.mode=discrete", "attack.k=2", "attack.init=random",
+                               "attack.lr=0.1", "trainable.part=first_k", "trainable.layers=1", "retain.space=encoder"],
+                output_dir=tmp_path / "d")
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert isinstance(log[1]["adv_prompt"], str) and "attack_loss" in log[1]
+    assert json.loads((run / "robust_encoder.json").read_text())["trainable_detail"]["layers"] == 1
+
+
+@pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`")
+def test_unavailable_base_model_fails_fast_and_clearly(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    t = time.perf_counter()
+    with pytest.raises(BaseModelUnavailableError, match="not available offline.*huggingface-cli download"):
+        train("vangogh", ["log.progress=false"], output_dir=tmp_path / "v")
+    assert time.perf_counter() - t < 20
+
+
+def test_two_processes_keep_identical_replicas(tmp_path):
+    """`accelerate launch` with 2 CPU processes: gradients are averaged, replicas stay bit-identical."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "robust_encoders", "train", "--concept", "star", "-o", str(tmp_path / "mp"),
+           *TINY, "iterations=2"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(ln) for ln in (tmp_path / "mp" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["world_size"] == 2 and log[-1]["replicas_identical"] is True
+    assert "loss_mean_over_processes" in log[0]
+    ck = sorted((tmp_path / "mp" / "checkpoints").iterdir())[-1]
+    assert (ck / "rng_rank0.safetensors").is_file() and (ck / "rng_rank1.safetensors").is_file()
+
+
+def test_micro_batches_give_the_same_update(tmp_path):
+    """Back-propagating sample by sample (engine.micro_batch=1, the SD recipes' memory saver) = one fused pass."""
+    ov = TINY + ["iterations=2", "retain.batch_size=3", "optim.optimizer=sgd", "optim.lr=1.0"]  # SGD: Δw ∝ gradient
+    fused = _weights(train("star", ov, output_dir=tmp_path / "a"))
+    micro = _weights(train("star", [*ov, "engine.micro_batch=1"], output_dir=tmp_path / "b"))
+    split = _weights(train("star", [*ov, "engine.fused_unet_batch=false"], output_dir=tmp_path / "c"))
+    for k in fused:
+        torch.testing.assert_close(micro[k], fused[k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(split[k], fused[k], atol=1e-5, rtol=1e-4)
