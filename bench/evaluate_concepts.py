@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concepts", default="star,red,stripes", help="Comma-separated miniature concepts "
                                                                "(default: an object, a colour, a style).")
     p.add_argument("--rows", default=",".join(ROWS), help=f"Rows to build (default {','.join(ROWS)}).")
-    p.add_argument("--runs-dir", default="bench/runs", help="Where trained encoders are cached.")
+    p.add_argument("--runs-dir", default="runs/bench", help="Where trained encoders are cached (git-ignored).")
     p.add_argument("--out", default="bench/results", help="Where results and the table go.")
     p.add_argument("--n-prompts", type=int, default=24)
     p.add_argument("--n-retain", type=int, default=24)
@@ -100,6 +100,28 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline()
     table_rows = []
     t_all = time.perf_counter()
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+
+    def write_table(final: bool) -> str:
+        table = markdown_table(table_rows, extra_columns=["training time (s)", "original Pre-ASR"])
+        header = [
+            "# Miniature comparison: erasure methods under attack",
+            "",
+            f"Command: `{command}`",
+            "",
+            f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; "
+            f"wall time so far {time.perf_counter() - t_all:.0f} s{'' if final else ' (run in progress)'}.",
+            "",
+            "Rates are over the forget prompts (ASR as UnlearnDiffAtk defines it: broken before the attack plus "
+            "broken by it); retain accuracy, CLIP score (miniature CLIP, max(cos, 0)) and the FID-style distance "
+            "(Fréchet distance of miniature-CLIP image features, erased vs original model) use the retain prompts. "
+            "'time (s)' is the evaluation's wall time; per-prompt details and image grids are in the "
+            "<concept>-<row>/ folders.",
+            "",
+        ]
+        (out / "evaluate_concepts.md").write_text("\n".join(header) + table + "\n")
+        return table
+
     for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         for row in rows:
             train_time = None
@@ -116,26 +138,12 @@ def main(argv: list[str] | None = None) -> int:
             res.save(out / f"{concept}-{row}")
             summary = dict(res.summary)
             summary["training time (s)"] = train_time
-            summary["original Pre-ASR"] = res.details["original_pre_asr"]
+            summary["original Pre-ASR"] = f"{100 * res.details['original_pre_asr']:.1f}%"
             (out / f"{concept}-{row}.json").write_text(json.dumps(summary, indent=2) + "\n")
             table_rows.append(summary)
+            write_table(final=False)
             print(markdown_table([summary], extra_columns=["training time (s)"]), flush=True)
-    table = markdown_table(table_rows, extra_columns=["training time (s)"])
-    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
-    header = [
-        "# Miniature comparison: erasure methods under attack",
-        "",
-        f"Command: `{command}`",
-        "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
-        f"total wall time {time.perf_counter() - t_all:.0f} s.",
-        "",
-        "Rates are over the forget prompts (ASR as UnlearnDiffAtk defines it: broken before the attack plus broken "
-        "by it); retain accuracy, CLIP score (miniature CLIP, max(cos, 0)) and the FID-style distance "
-        "(Fréchet distance of miniature-CLIP image features, erased vs original model) use the retain prompts.",
-        "",
-    ]
-    (out / "evaluate_concepts.md").write_text("\n".join(header) + table + "\n")
+    table = write_table(final=True)
     print("\n" + table)
     print(f"\nwrote {out / 'evaluate_concepts.md'}")
     return 0

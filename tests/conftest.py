@@ -65,3 +65,13 @@ def closed_port() -> int:
 
 def pytest_report_header(config):
     return f"robust-encoders tests (HF cache isolated per test; pid {os.getpid()})"
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests (full measurements on the miniature world) run only with RUN_SLOW=1, as in diffusers."""
+    if os.environ.get("RUN_SLOW", "0").lower() in ("1", "true", "yes"):
+        return
+    skip = pytest.mark.skip(reason="slow measurement; set RUN_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -131,5 +131,6 @@ def test_attacks_break_a_word_level_erasure(model, detector):
     ctx = AttackContext(full, erased, model.pipe.text_encoder, detector, concept_spec("star"), seed=0)
     syn = build_attack("synonym", max_variants=3).attack(ctx, targets, seed=0)
     assert sum(o.success for o in syn) >= 4
-    uda = build_attack("unlearndiffatk", steps=30, check_every=10).attack(ctx, targets, seed=0)
-    assert sum(o.success for o in uda) >= 3
+    # the prompt now literally asks for a circle; 5 real prefix tokens still bring stars back for some
+    uda = build_attack("unlearndiffatk", k=5, steps=40, check_every=10).attack(ctx, targets, seed=0)
+    assert sum(o.success for o in uda) >= 2

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -53,37 +56,31 @@ def test_result_schema_and_files(pipe, tmp_path):
     assert {"prompt", "seed", "pre_success", "original_detected", "attacks"} <= set(rec)
 
 
-def _two_process_worker(out_path: str) -> None:
-    from accelerate import PartialState
-
-    PartialState._reset_state()  # forked from a process that already ran single-process
-    PartialState(cpu=True)
-    from robust_encoders.miniature import load_pipeline
-
-    pipe = load_pipeline()
-    res = evaluate_encoder(pipe.text_encoder, pipe=pipe, config=EvalConfig(**TINY), encoder_name="original")
-    if PartialState().is_main_process:
-        s, forget, retain = _comparable(res)
-        with open(out_path, "w") as f:
-            json.dump({"summary": s, "forget": forget, "retain": retain,
-                       "num_processes": res.details["num_processes"]}, f)
+def _cli_evaluate(out, launcher=()):
+    """Run `robust-encoders evaluate` in fresh processes, as a user would (forking a torch process can deadlock)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, *launcher, "-m", "robust_encoders", "evaluate", "--encoder", "original",
+           "--concept", "star", "--n-prompts", "4", "--n-retain", "4", "--steps", "3", "--batch-size", "2",
+           "--grid-prompts", "2", "--attacks", "unlearndiffatk,synonym", "--set", "unlearndiffatk.steps=2",
+           "--set", "unlearndiffatk.check_every=1", "--set", "synonym.max_variants=2", "--out", str(out),
+           "--no-progress"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    details = json.loads((out / "details.json").read_text())
+    return json.loads((out / "result.json").read_text()), details
 
 
-def test_two_processes_merge_exactly_like_one(pipe, tmp_path):
-    from accelerate import debug_launcher
-
-    single = evaluate_encoder(pipe.text_encoder, pipe=pipe, config=EvalConfig(**TINY), encoder_name="original")
-    out = tmp_path / "two.json"
-    debug_launcher(_two_process_worker, args=(str(out),), num_processes=2)
-    from accelerate import PartialState
-
-    PartialState._reset_state()
-    two = json.loads(out.read_text())
-    s, forget, retain = _comparable(single)
-    assert two["num_processes"] == 2
-    assert two["summary"] == json.loads(json.dumps(s))
-    assert two["forget"] == json.loads(json.dumps(forget))
-    assert two["retain"] == json.loads(json.dumps(retain))
+def test_two_processes_merge_exactly_like_one(tmp_path):
+    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no"]
+    one, one_details = _cli_evaluate(tmp_path / "one")
+    two, two_details = _cli_evaluate(tmp_path / "two", launch)
+    assert (one_details["num_processes"], two_details["num_processes"]) == (1, 2)
+    assert (tmp_path / "two" / "grid.png").is_file()
+    for res in (one, two):
+        res.pop("timing_s")
+    assert two == one
+    assert two_details["forget"] == one_details["forget"] and two_details["retain"] == one_details["retain"]
 
 
 def test_cli_evaluate_and_attack(tmp_path, pipe):
