@@ -6,6 +6,8 @@ Rows (per concept):
     advunlearn  AdvUnlearn's reference recipe: continuous k=1 prefix attack, 30 steps, lr 1e-3, warm start
     ours        the project's default miniature recipe
     lora        the default recipe with LoRA adapters               (train ... trainable.part=lora)
+    ours+<opt>  opt-in (--rows): one trainer option on top of "ours" (anchor, neighbors, surgery, eot, derived),
+                and ours+combo (anchor + neighbors + surgery + eot); see README "Trainer options"
 
 Trained encoders are cached in ``--runs-dir`` (an existing finished run is reused, an interrupted one
 resumed), every evaluation result is written to ``--out/<concept>-<row>.json`` and the table to
@@ -38,7 +40,17 @@ ROWS: dict[str, list[str]] = {
                    "retain.batch_size=5", "retain.include_empty=false"],
     "ours": [],
     "lora": ["trainable.part=lora"],
+    # trainer options from the literature (training/options.py; README "Trainer options"), each alone on top of
+    # "ours", then one combination. Not built by default: ask for them with --rows.
+    "ours+anchor": ["anchor.kind=adversarial"],
+    "ours+neighbors": ["neighbors.k=4"],
+    "ours+surgery": ["optim.grad_surgery=per_tensor"],
+    "ours+eot": ["token_focus.mode=eot"],
+    "ours+derived": ["attack.mode=derived"],
+    "ours+combo": ["anchor.kind=adversarial", "neighbors.k=4", "optim.grad_surgery=per_tensor", "token_focus.mode=eot"],
 }
+#: Rows built when --rows is not given (the method comparison; the option rows are opt-in).
+DEFAULT_ROWS = ["original", "esd", "advunlearn", "ours", "lora"]
 
 
 def _parse_row_overrides(pairs: list[str]) -> dict[str, list[str]]:
@@ -68,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--concepts", default="star,red,stripes", help="Comma-separated miniature concepts "
                                                                "(default: an object, a colour, a style).")
-    p.add_argument("--rows", default=",".join(ROWS), help=f"Rows to build (default {','.join(ROWS)}).")
+    p.add_argument("--rows", default=",".join(DEFAULT_ROWS),
+                   help=f"Rows to build (default {','.join(DEFAULT_ROWS)}; all: {','.join(ROWS)}).")
     p.add_argument("--runs-dir", default="runs/bench", help="Where trained encoders are cached (git-ignored).")
     p.add_argument("--out", default="bench/results", help="Where results and the table go.")
     p.add_argument("--n-prompts", type=int, default=24)
@@ -79,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Extra training override for one row (repeatable).")
     p.add_argument("--eval-set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="Attack setting override (repeatable).")
+    p.add_argument("--recompute", action="store_true",
+                   help="Re-evaluate rows whose <concept>-<row>.json already exists in --out (default: reuse them, "
+                        "so an interrupted benchmark resumes and several invocations build one table).")
     args = p.parse_args(argv)
 
     import torch
@@ -98,16 +114,29 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs_dir = Path(args.runs_dir)
     pipe = load_pipeline()
-    table_rows = []
     t_all = time.perf_counter()
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
 
+    def collected() -> list[dict]:
+        """Every result in ``out`` (this run's and earlier invocations'), ordered by concept then row."""
+        found = []
+        for path in out.glob("*-*.json"):
+            concept, _, row = path.stem.rpartition("-")
+            if row in ROWS:
+                found.append(json.loads(path.read_text()))
+        order = {r: i for i, r in enumerate(ROWS)}
+        return sorted(found, key=lambda s: (s["concept"], order.get(s["encoder"], 99)))
+
     def write_table(final: bool) -> str:
-        table = markdown_table(table_rows, extra_columns=["training time (s)", "original Pre-ASR"])
+        results = collected()
+        table = markdown_table(results, extra_columns=["training time (s)", "original Pre-ASR"])
+        commands = sorted({s.get("command", command) for s in results} | {command})
         header = [
             "# Miniature comparison: erasure methods under attack",
             "",
-            f"Command: `{command}`",
+            "Command(s):",
+            "",
+            *[f"    {c}" for c in commands],
             "",
             f"Machine: {platform.machine()}, {torch.get_num_threads()} torch thread(s), torch {torch.__version__}; "
             f"wall time so far {time.perf_counter() - t_all:.0f} s{'' if final else ' (run in progress)'}.",
@@ -124,6 +153,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         for row in rows:
+            if (out / f"{concept}-{row}.json").exists() and not args.recompute:
+                print(f"[bench] reusing {out / f'{concept}-{row}.json'} (--recompute to redo it)", flush=True)
+                continue
             train_time = None
             if row == "original":
                 encoder, label = pipe.text_encoder, "original"
@@ -139,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
             summary = dict(res.summary)
             summary["training time (s)"] = train_time
             summary["original Pre-ASR"] = f"{100 * res.details['original_pre_asr']:.1f}%"
+            summary["command"] = command
             (out / f"{concept}-{row}.json").write_text(json.dumps(summary, indent=2) + "\n")
-            table_rows.append(summary)
             write_table(final=False)
             print(markdown_table([summary], extra_columns=["training time (s)"]), flush=True)
     table = write_table(final=True)

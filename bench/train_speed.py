@@ -90,7 +90,24 @@ def _sd15_pipeline(seed: int = 0):
                               scheduler=build_scheduler("ddim"))
 
 
-def worker(spec: dict) -> dict:
+def count_unet_calls(trainer, unet) -> None:
+    """Record in each iteration's log line how many UNet forward calls it made (``unet_calls``; the frozen copy of
+    ``engine.share_unet=false`` is a deepcopy made later, so it inherits the counting hook)."""
+    calls = [0]
+    unet.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    step = trainer.train_step
+
+    def counted(i):
+        before = calls[0]
+        record = step(i)
+        record["unet_calls"] = calls[0] - before
+        return record
+
+    trainer.train_step = counted
+
+
+def worker(spec: dict, build=None) -> dict:
+    """One configuration. ``build(model_name)`` makes the pipeline (default: miniature / SD-1.5-sized)."""
     import diffusers  # noqa: F401  (imported before the baseline so it counts as interpreter overhead)
     import peft  # noqa: F401
     import torch
@@ -100,7 +117,9 @@ def worker(spec: dict) -> dict:
 
     rss_start = _rss_mb()
     cfg = load_recipe(spec["recipe"], spec["overrides"])
-    if spec["model"] == "miniature":
+    if build is not None:
+        pipe = build(spec["model"])
+    elif spec["model"] == "miniature":
         from robust_encoders.miniature import load_pipeline
 
         pipe = load_pipeline()
@@ -110,6 +129,7 @@ def worker(spec: dict) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         trainer = Trainer(cfg, Path(tmp) / "run", pipeline=pipe)
+        count_unet_calls(trainer, pipe.unet)
         del pipe
         trainer.run()
         wall = time.perf_counter() - t0
@@ -137,10 +157,11 @@ def worker(spec: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------------------
 # driver
 # ----------------------------------------------------------------------------------------------------------------
-def run_config(spec: dict) -> dict:
+def run_config(spec: dict, script: str | None = None) -> dict:
+    """Run one configuration in a fresh process of ``script`` (default: this file) called with ``--worker``."""
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
+    proc = subprocess.run([sys.executable, script or __file__, "--worker", json.dumps(spec)], capture_output=True,
+                          text=True, env=env, cwd=ROOT)
     if proc.returncode != 0:
         raise RuntimeError(f"worker failed for {spec['name']}:\n{proc.stderr[-4000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]

@@ -675,3 +675,14 @@ def test_online_download_from_a_local_hub_then_offline(encoder, tmp_path, hf_cac
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the server is gone; the cache must be enough
     assert_same_outputs(encoder, load_robust_encoder("nudity", cache_dir=hf_cache))
     assert_same_outputs(other, load_robust_encoder("church", cache_dir=hf_cache))
+
+
+def test_packaged_miniature_base_resolves_by_name():
+    """Runs and adapters trained on the embedded world record the base as 'miniature', not a local path."""
+    from robust_encoders.miniature import load_pipeline
+
+    enc = load_robust_encoder("miniature")
+    ref = load_pipeline().text_encoder
+    ids = torch.tensor([[49406, 320, 1125, 539, 320, 2735, 49407]])
+    with torch.no_grad():
+        torch.testing.assert_close(enc(ids).last_hidden_state, ref.float()(ids).last_hidden_state)

@@ -38,11 +38,13 @@ def test_run_folder_contract(tmp_path):
     assert info["concept"] == "star" and info["concept_kind"] == "object" and info["method"] == "advunlearn"
     assert info["base_families"] == ["miniature"] and info["format"] == "full" and info["encoders"] == ["text_encoder"]
     assert info["recipe"] == "miniature_star" and info["iterations"] == 3 and info["trainable"] == "all"
-    assert Path(info["base_model"], "model_index.json").is_file()
+    assert info["base_model"] == "miniature"  # portable: the loader resolves it to the packaged world
     from transformers import CLIPTextModel
 
     trained = CLIPTextModel.from_pretrained(run / "text_encoder")
-    base = CLIPTextModel.from_pretrained(Path(info["base_model"]) / "text_encoder", dtype=torch.float32)
+    from robust_encoders import load_robust_encoder  # the loader reads the run folder directly
+
+    base = load_robust_encoder(info["base_model"], torch_dtype=torch.float32)
     sd_t, sd_b = trained.state_dict(), base.state_dict()
     assert not torch.equal(sd_t["encoder.layers.0.mlp.fc1.weight"], sd_b["encoder.layers.0.mlp.fc1.weight"])
     assert torch.equal(sd_t["embeddings.token_embedding.weight"], sd_b["embeddings.token_embedding.weight"])
@@ -52,8 +54,6 @@ def test_run_folder_contract(tmp_path):
     assert resolve_config(run / "config.yaml").to_dict() == resolve_config("star", TINY + ["iterations=3",
                                                                                           "checkpoint.every=2"]).to_dict()
     assert [p.name for p in sorted((run / "checkpoints").iterdir())] == ["step_0000002", "step_0000003"]
-    from robust_encoders import load_robust_encoder  # the loader reads the run folder directly
-
     loaded = load_robust_encoder(run / "text_encoder")
     assert torch.equal(loaded.state_dict()["encoder.layers.0.mlp.fc1.weight"], sd_t["encoder.layers.0.mlp.fc1.weight"])
 
@@ -114,7 +114,6 @@ def test_output_dir_guard(tmp_path):
 
 def test_lora_run_writes_a_reloadable_adapter(tmp_path):
     from peft import PeftModel
-    from transformers import CLIPTextModel
 
     from robust_encoders.core.text import encode_ids, tokenize
     from robust_encoders.tokenization import load_clip_tokenizer
@@ -126,14 +125,14 @@ def test_lora_run_writes_a_reloadable_adapter(tmp_path):
     info = json.loads((run / "robust_encoder.json").read_text())
     assert info["format"] == "lora" and cfg["base_model_name_or_path"] == info["base_model"]
     assert (folder / "adapter_model.safetensors").is_file()
-    base = CLIPTextModel.from_pretrained(Path(info["base_model"]) / "text_encoder", dtype=torch.float32)
+    from robust_encoders import load_robust_encoder  # the loader reads the run folder directly
+
+    base = load_robust_encoder(info["base_model"], torch_dtype=torch.float32)
     ids = tokenize(load_clip_tokenizer(), ["a square on a striped background"])
     before = encode_ids(base, ids).last_hidden_state
     adapted = PeftModel.from_pretrained(base, folder).merge_and_unload()
     after = encode_ids(adapted, ids).last_hidden_state
     assert not torch.allclose(before, after)
-    from robust_encoders import load_robust_encoder
-
     loaded = load_robust_encoder(folder)
     torch.testing.assert_close(encode_ids(loaded, ids).last_hidden_state, after)
 

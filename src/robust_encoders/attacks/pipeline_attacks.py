@@ -89,7 +89,7 @@ class DenoiseLoss:
             rows = torch.arange(self.z0.shape[0], device=self.z0.device)
         rows = rows.to(self.z0.device)
         n = self.samples
-        cond = out.last_hidden_state.to(self.model.dtype).repeat_interleave(n, 0)
+        cond = self.model.conditioning(out).repeat_interleave(n, 0)
         z0 = self.z0[rows].repeat_interleave(n, 0)
         t = self.t[rows].reshape(-1)
         noise = self.noise[rows].reshape(-1, *self.z0.shape[1:])
@@ -317,8 +317,8 @@ class RingABell(PipelineAttack):
     def setup(self, ctx: AttackContext, targets: Sequence[AttackTarget]) -> None:
         enc = self._encoder(ctx)
         with_c, without_c = self.pairs(ctx, [t.prompt for t in targets])
-        a = ctx.model.cond(enc, with_c).float()
-        b = ctx.model.cond(enc, without_c).float()
+        a = ctx.model.token_states(enc, with_c).float()
+        b = ctx.model.token_states(enc, without_c).float()
         self.vector = (a - b).mean(0)
 
     def attack(self, ctx: AttackContext, targets: Sequence[AttackTarget], *, seed: int) -> list[AttackOutcome]:
@@ -328,7 +328,7 @@ class RingABell(PipelineAttack):
             self.setup(ctx, targets)
         cfg = self.config
         enc = self._encoder(ctx)
-        base = ctx.model.cond(enc, [t.prompt for t in targets]).float()
+        base = ctx.model.token_states(enc, [t.prompt for t in targets]).float()
         out: dict[int, AttackOutcome] = {}
         remaining = list(range(len(targets)))
         for e_i, eta in enumerate(cfg.etas):
@@ -487,7 +487,7 @@ class ConceptInversion(PipelineAttack):
         tok = table(ids).float()
         mask = ids == tid
         tok = torch.where(mask.unsqueeze(-1), emb.to(tok.device).view(1, 1, -1).expand_as(tok), tok)
-        return encode_from_token_embeds(ctx.encoder, tok.to(table.weight.dtype), ids).last_hidden_state.to(ctx.model.dtype)
+        return ctx.model.conditioning(encode_from_token_embeds(ctx.encoder, tok.to(table.weight.dtype), ids))
 
     def setup(self, ctx: AttackContext, targets: Sequence[AttackTarget]) -> None:
         cfg = self.config

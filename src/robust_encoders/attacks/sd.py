@@ -1,9 +1,12 @@
 """A Stable Diffusion pipeline seen by an attacker: generation and denoising loss with *any* text encoder.
 
-The UNet, VAE and scheduler come from one ``StableDiffusionPipeline`` (SD 1.x / 2.x) and stay
-frozen; the text encoder is an argument of every call, so the original and the erased encoder
-share one copy of everything else. Conditioning is the encoder's ``last_hidden_state``, which
-is what ``StableDiffusionPipeline.encode_prompt`` feeds the UNet (no clip-skip).
+The UNet, VAE and scheduler come from one ``StableDiffusionPipeline`` (SD 1.x / 2.x) or
+``StableDiffusionXLPipeline`` and stay frozen; the text encoder is an argument of every call, so the
+original and the erased encoder share one copy of everything else. Conditioning is what the
+pipeline's ``encode_prompt`` feeds the UNet (no clip-skip): the encoder's ``last_hidden_state``
+(B, L, D) on SD 1.x / 2.x; on SDXL a :class:`~robust_encoders.core.diffusion.Conditioning` holding
+both encoders' penultimate states and the pooled ``text_embeds`` of a
+:class:`~robust_encoders.core.text.TextEncoderPair` (the "encoder" of an SDXL model).
 
 Example:
     >>> from robust_encoders.attacks.sd import SDModel
@@ -21,7 +24,8 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.text import encode_from_token_embeds, encode_ids, tokenize
+from ..core.diffusion import Conditioning
+from ..core.text import TextEncoderPair, encode_from_token_embeds, encode_ids, sdxl_time_ids, tokenize
 
 __all__ = ["Generation", "SDModel"]
 
@@ -38,20 +42,22 @@ class SDModel:
     """Frozen UNet/VAE/scheduler of a ``StableDiffusionPipeline`` plus helpers that take the encoder as input.
 
     Args:
-        pipe: a diffusers ``StableDiffusionPipeline`` (SD 1.x or 2.x).
+        pipe: a diffusers ``StableDiffusionPipeline`` (SD 1.x or 2.x) or ``StableDiffusionXLPipeline``.
         steps: DDIM steps for generation (25: the miniature default; UnlearnDiffAtk uses 100 on SD 1.4).
         guidance: default classifier-free guidance scale (overridden per prompt).
         batch_size: images generated per pipeline call.
     """
 
     def __init__(self, pipe, *, steps: int = 25, guidance: float = 7.5, batch_size: int = 16) -> None:
-        from diffusers import StableDiffusionPipeline
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
-        if not isinstance(pipe, StableDiffusionPipeline):
+        if not isinstance(pipe, (StableDiffusionPipeline, StableDiffusionXLPipeline)):
             raise TypeError(
-                f"The evaluation suite attacks StableDiffusionPipeline (SD 1.x / 2.x) models; got {type(pipe).__name__}. "
-                "SDXL has two text encoders and pooled conditioning, which these attacks do not model yet."
+                f"The evaluation suite attacks StableDiffusionPipeline (SD 1.x / 2.x) and StableDiffusionXLPipeline "
+                f"models; got {type(pipe).__name__}. Load the base model as one of those (img2img / inpainting "
+                "variants are not supported)."
             )
+        self.xl = isinstance(pipe, StableDiffusionXLPipeline)
         self.pipe = pipe
         self.tokenizer = pipe.tokenizer
         self.unet = pipe.unet
@@ -75,27 +81,84 @@ class SDModel:
         return self.unet.dtype
 
     # -- text side ---------------------------------------------------------------------------------
+    @property
+    def original_encoder(self):
+        """The pipeline's own encoder (SDXL: its two encoders as a :class:`TextEncoderPair`)."""
+        return TextEncoderPair.from_pipeline(self.pipe) if self.xl else self.pipe.text_encoder
+
+    def as_encoder(self, encoder):
+        """``encoder`` in the form this model's calls take. SDXL: a :class:`TextEncoderPair`, or a dict
+        ``{"text_encoder": ..., "text_encoder_2": ...}`` (a missing key keeps the pipeline's own encoder)."""
+        if not self.xl:
+            if isinstance(encoder, (dict, TextEncoderPair)):
+                raise TypeError(f"{type(self.pipe).__name__} has one text encoder; pass a single encoder, not "
+                                f"{type(encoder).__name__}.")
+            return encoder
+        if isinstance(encoder, TextEncoderPair):
+            return encoder
+        if isinstance(encoder, dict):
+            unknown = sorted(set(encoder) - {"text_encoder", "text_encoder_2"})
+            if unknown:
+                raise ValueError(f"Unknown encoder slot(s) {unknown}; use 'text_encoder' and/or 'text_encoder_2'.")
+            tok2 = self.pipe.tokenizer_2
+            return TextEncoderPair(encoder.get("text_encoder", self.pipe.text_encoder),
+                                   encoder.get("text_encoder_2", self.pipe.text_encoder_2),
+                                   pad_token_id_2=getattr(tok2, "pad_token_id", None),
+                                   eos_token_id=int(self.tokenizer.eos_token_id or 49407))
+        raise TypeError(
+            f"{type(self.pipe).__name__} has two text encoders: pass a TextEncoderPair or a dict "
+            "{'text_encoder': ..., 'text_encoder_2': ...} (one key to evaluate only that encoder swapped in), "
+            f"not a single {type(encoder).__name__}."
+        )
+
     def ids(self, prompts: Sequence[str]) -> torch.Tensor:
         return tokenize(self.tokenizer, list(prompts), device=self.device)
 
+    def conditioning(self, out):
+        """What the UNet reads from an encoder output: (B, L, D) on SD 1.x / 2.x, a Conditioning on SDXL."""
+        if not self.xl:
+            return out.last_hidden_state.to(self.dtype)
+        if out.text_embeds is None:
+            raise TypeError("SDXL needs the pooled text_embeds of text_encoder_2: encode with a TextEncoderPair.")
+        return Conditioning(out.last_hidden_state.to(self.dtype), {"text_embeds": out.text_embeds.to(self.dtype)})
+
     @torch.no_grad()
-    def cond(self, encoder, prompts: Sequence[str]) -> torch.Tensor:
-        """Conditioning (B, L, D) of ``prompts`` under ``encoder``."""
+    def cond(self, encoder, prompts: Sequence[str]):
+        """Conditioning of ``prompts`` under ``encoder`` (see :meth:`conditioning`)."""
+        return self.conditioning(encode_ids(encoder, self.ids(prompts)))
+
+    @torch.no_grad()
+    def token_states(self, encoder, prompts: Sequence[str]) -> torch.Tensor:
+        """The (B, L, D) token conditioning alone (SDXL: both encoders' penultimate states side by side)."""
         return encode_ids(encoder, self.ids(prompts)).last_hidden_state.to(self.dtype)
 
-    def cond_from_embeds(self, encoder, token_embeds: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    def cond_from_embeds(self, encoder, token_embeds: torch.Tensor, input_ids: torch.Tensor):
         """Conditioning from token embeddings (keeps gradients)."""
-        return encode_from_token_embeds(encoder, token_embeds, input_ids).last_hidden_state.to(self.dtype)
+        return self.conditioning(encode_from_token_embeds(encoder, token_embeds, input_ids))
 
-    def uncond(self, encoder, batch: int) -> torch.Tensor:
-        """The empty prompt under ``encoder`` (cached per encoder), repeated ``batch`` times."""
+    def uncond(self, encoder, batch: int):
+        """The unconditional branch for ``encoder`` (cached per encoder), repeated ``batch`` times: the empty prompt,
+        or zeros on SDXL pipelines with ``force_zeros_for_empty_prompt`` (what they do with no negative prompt)."""
         hit = self._uncond.get(id(encoder))
         if hit is None or hit[0] is not encoder:
             if len(self._uncond) >= 4:
                 self._uncond.clear()
-            hit = (encoder, self.cond(encoder, [""]))
+            c = self.cond(encoder, [""])
+            if self.xl and getattr(self.pipe.config, "force_zeros_for_empty_prompt", False):
+                c = Conditioning(torch.zeros_like(c.encoder_hidden_states),
+                                 {k: torch.zeros_like(v) for k, v in c.added_cond_kwargs.items()})
+            hit = (encoder, c)
             self._uncond[id(encoder)] = hit
+        if self.xl:
+            return hit[1].expand(batch)
         return hit[1].expand(batch, -1, -1)
+
+    def _embeds_kwargs(self, c, u) -> dict:
+        if not self.xl:
+            return {"prompt_embeds": c, "negative_prompt_embeds": u}
+        return {"prompt_embeds": c.encoder_hidden_states, "negative_prompt_embeds": u.encoder_hidden_states,
+                "pooled_prompt_embeds": c.added_cond_kwargs["text_embeds"],
+                "negative_pooled_prompt_embeds": u.added_cond_kwargs["text_embeds"]}
 
     # -- image side --------------------------------------------------------------------------------
     @torch.no_grad()
@@ -136,8 +199,7 @@ class SDModel:
                 c = self.cond(encoder, [prompts[i] for i in part]) if prompts is not None else cond[part].to(self.dtype)
                 gens = [torch.Generator(device="cpu").manual_seed(int(seeds[i])) for i in part]
                 out = self.pipe(
-                    prompt_embeds=c,
-                    negative_prompt_embeds=self.uncond(encoder, len(part)),
+                    **self._embeds_kwargs(c, self.uncond(encoder, len(part))),
                     guidance_scale=g,
                     num_inference_steps=steps or self.steps,
                     generator=gens,
@@ -164,10 +226,17 @@ class SDModel:
         x = images.to(self.device, self.vae.dtype) * 2 - 1
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
-    def denoise_loss(
-        self, cond: torch.Tensor, z0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor
-    ) -> torch.Tensor:
+    def denoise_loss(self, cond, z0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """Per-sample MSE between the UNet's noise prediction on ``z_t`` and the true ``noise`` (B,)."""
         zt = self.scheduler.add_noise(z0, noise, timesteps)
-        eps = self.unet(zt.to(self.dtype), timesteps.to(self.device), encoder_hidden_states=cond).sample
+        kwargs = {}
+        if isinstance(cond, Conditioning):  # SDXL: pooled text_embeds + the time ids of this image size
+            f = int(getattr(self.pipe, "vae_scale_factor", 8))
+            time_ids = sdxl_time_ids(z0.shape[-2] * f, z0.shape[-1] * f, cond.batch_size, device=self.device,
+                                     dtype=self.dtype)
+            kwargs["added_cond_kwargs"] = {"text_embeds": cond.added_cond_kwargs["text_embeds"].to(self.dtype),
+                                           "time_ids": time_ids}
+            cond = cond.encoder_hidden_states
+        eps = self.unet(zt.to(self.dtype), timesteps.to(self.device), encoder_hidden_states=cond.to(self.dtype),
+                        **kwargs).sample
         return ((eps.float() - noise.float()) ** 2).flatten(1).mean(1)

@@ -70,6 +70,27 @@ class Conditioning:
         extra = None if self.added_cond_kwargs is None else {k: v[idx] for k, v in self.added_cond_kwargs.items()}
         return Conditioning(self.encoder_hidden_states[idx], extra)
 
+    # a few tensor-like helpers, so code that slices / moves / repeats a (B, L, D) conditioning takes SDXL's too
+    @property
+    def shape(self) -> torch.Size:
+        return self.encoder_hidden_states.shape
+
+    def __len__(self) -> int:
+        return self.batch_size
+
+    def __getitem__(self, idx) -> Conditioning:
+        return self.index(idx)
+
+    def to(self, *args, **kwargs) -> Conditioning:
+        extra = None if self.added_cond_kwargs is None else {
+            k: v.to(*args, **kwargs) for k, v in self.added_cond_kwargs.items()}
+        return Conditioning(self.encoder_hidden_states.to(*args, **kwargs), extra)
+
+    def repeat_interleave(self, repeats: int, dim: int = 0) -> Conditioning:
+        extra = None if self.added_cond_kwargs is None else {
+            k: v.repeat_interleave(repeats, dim) for k, v in self.added_cond_kwargs.items()}
+        return Conditioning(self.encoder_hidden_states.repeat_interleave(repeats, dim), extra)
+
     def expand(self, batch: int) -> Conditioning:
         """Broadcast a batch-1 conditioning to ``batch`` rows (no copy)."""
         if self.batch_size == batch:

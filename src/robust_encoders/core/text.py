@@ -29,6 +29,8 @@ import torch
 
 __all__ = [
     "EncodedText",
+    "TextEncoderPair",
+    "sdxl_time_ids",
     "tokenize",
     "encode_from_token_embeds",
     "encode_ids",
@@ -85,13 +87,27 @@ def encode_from_token_embeds(
     """
     from transformers.masking_utils import create_causal_mask
 
+    if isinstance(text_encoder, TextEncoderPair):
+        return text_encoder.encode_from_token_embeds(token_embeds, input_ids)
     tm = _text_transformer(text_encoder)
     cfg = tm.config
     seq = token_embeds.shape[1]
     pos = tm.embeddings.position_ids[:, :seq]
     hidden = token_embeds + tm.embeddings.position_embedding(pos)
     mask = create_causal_mask(config=cfg, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
-    enc = tm.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True, output_hidden_states=need_penultimate)
+    captured: list[torch.Tensor] = []
+    hook = None
+    if need_penultimate:  # hidden_states[-2] of the HF model = the input of the last layer (transformers 5 only
+        # records hidden states at the model level, so capture it here; same value on every version)
+        def grab(_module, args, kwargs):
+            captured.append(args[0] if args else kwargs["hidden_states"])
+
+        hook = tm.encoder.layers[-1].register_forward_pre_hook(grab, with_kwargs=True)
+    try:
+        enc = tm.encoder(inputs_embeds=hidden, attention_mask=mask, is_causal=True)
+    finally:
+        if hook is not None:
+            hook.remove()
     last = tm.final_layer_norm(enc.last_hidden_state)
     eos = getattr(cfg, "eos_token_id", None)
     if eos == 2 or eos is None:  # legacy configs: pool at the highest id (the EOT token)
@@ -102,7 +118,7 @@ def encode_from_token_embeds(
     text_embeds = None
     if hasattr(text_encoder, "text_projection"):
         text_embeds = text_encoder.text_projection(pooled)
-    pen = enc.hidden_states[-2] if need_penultimate else None
+    pen = captured[0] if need_penultimate else None
     return EncodedText(last, pen, pooled, text_embeds)
 
 
@@ -110,6 +126,131 @@ def encode_ids(text_encoder, input_ids: torch.Tensor, *, need_penultimate: bool 
     """Same outputs as ``encode_from_token_embeds`` for ordinary token ids."""
     emb = text_encoder.get_input_embeddings()(input_ids)
     return encode_from_token_embeds(text_encoder, emb, input_ids, need_penultimate=need_penultimate)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# SDXL: two encoders seen as one
+# ----------------------------------------------------------------------------------------------------------------
+def _unwrap(model):
+    """The transformers model inside a peft ``PeftModel`` (LoRA layers are injected in place)."""
+    get = getattr(model, "get_base_model", None)
+    return get() if callable(get) else model
+
+
+class _JointEmbedding(torch.nn.Module):
+    """Token embeddings of both SDXL encoders side by side: (B, L, D1 + D2) for one sequence of token ids.
+
+    ``weight`` is the (V, D1 + D2) concatenation of the two tables (cached while both stay unchanged), so an
+    attack's soft token in this space is one soft token per encoder, and a relaxed one-hot picks the *same* real
+    token in both (the two SDXL tokenizers share the CLIP BPE vocabulary).
+    """
+
+    def __init__(self, pair: TextEncoderPair) -> None:
+        super().__init__()
+        self._pair = [pair]  # a list: not a registered submodule (no second copy of the parameters)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        pair = self._pair[0]
+        w1 = _unwrap(pair.text_encoder).get_input_embeddings().weight
+        w2 = _unwrap(pair.text_encoder_2).get_input_embeddings().weight
+        key = (w1.data_ptr(), w1._version, w2.data_ptr(), w2._version, w1.requires_grad or w2.requires_grad)
+        if key[-1]:  # trainable embeddings: no cache, keep the graph
+            return torch.cat([w1, w2.to(w1.dtype)], -1)
+        if pair._weight_cache is None or pair._weight_cache[0] != key:
+            pair._weight_cache = (key, torch.cat([w1, w2.to(w1.dtype)], -1).detach())
+        return pair._weight_cache[1]
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pair = self._pair[0]
+        e1 = _unwrap(pair.text_encoder).get_input_embeddings()(input_ids)
+        e2 = _unwrap(pair.text_encoder_2).get_input_embeddings()(pair.ids_2(input_ids))
+        return torch.cat([e1, e2.to(e1.dtype)], -1)
+
+
+class TextEncoderPair(torch.nn.Module):
+    """SDXL's ``text_encoder`` (CLIPTextModel) and ``text_encoder_2`` (CLIPTextModelWithProjection) as one encoder.
+
+    It encodes exactly like ``StableDiffusionXLPipeline.encode_prompt`` (no clip-skip): the UNet's token
+    conditioning is the concatenation of both encoders' *penultimate* hidden states (returned as
+    ``last_hidden_state``, (B, L, D1 + D2)), the pooled conditioning is ``text_encoder_2``'s projected pooled output
+    (``text_embeds``, (B, P)). Token ids are those of ``tokenizer``; ``text_encoder_2`` reads them re-padded with
+    ``pad_token_id_2`` after the first end-of-text token (SDXL's ``tokenizer_2`` pads with ``!``, id 0).
+
+    Everything that takes "a text encoder" in this package (attacks, the trainer, ``encode_ids``) takes a pair:
+    ``get_input_embeddings()`` gives (B, L, D1 + D2) joint token embeddings and :func:`encode_from_token_embeds`
+    splits them. Either member may be a peft ``PeftModel``.
+    """
+
+    def __init__(self, text_encoder, text_encoder_2, *, pad_token_id_2: int | None = None,
+                 eos_token_id: int = 49407) -> None:
+        super().__init__()
+        if not hasattr(_unwrap(text_encoder_2), "text_projection"):
+            raise TypeError(
+                f"text_encoder_2 must be a CLIPTextModelWithProjection (SDXL feeds its projected pooled output to the "
+                f"UNet), got {type(_unwrap(text_encoder_2)).__name__}."
+            )
+        self.text_encoder = text_encoder
+        self.text_encoder_2 = text_encoder_2
+        self.pad_token_id_2 = pad_token_id_2
+        self.eos_token_id = eos_token_id
+        self._weight_cache = None
+
+    @classmethod
+    def from_pipeline(cls, pipe) -> TextEncoderPair:
+        """The pair of an SDXL pipeline (or any object with ``text_encoder(_2)`` and ``tokenizer(_2)``)."""
+        tok2 = getattr(pipe, "tokenizer_2", None)
+        tok = getattr(pipe, "tokenizer", None)
+        return cls(pipe.text_encoder, pipe.text_encoder_2,
+                   pad_token_id_2=getattr(tok2, "pad_token_id", None),
+                   eos_token_id=int(getattr(tok, "eos_token_id", None) or 49407))
+
+    @property
+    def config(self):
+        """The first encoder's config (what code that reads ``encoder.config`` for token ids needs)."""
+        return _unwrap(self.text_encoder).config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return _unwrap(self.text_encoder).get_input_embeddings().weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return _unwrap(self.text_encoder).get_input_embeddings().weight.device
+
+    def get_input_embeddings(self) -> _JointEmbedding:
+        return _JointEmbedding(self)
+
+    @property
+    def width_1(self) -> int:
+        return int(_unwrap(self.text_encoder).get_input_embeddings().weight.shape[1])
+
+    def ids_2(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """``input_ids`` as ``tokenizer_2`` pads them (identical when both tokenizers pad alike)."""
+        if self.pad_token_id_2 is None or self.pad_token_id_2 == self.eos_token_id:
+            return input_ids
+        first = eos_positions(input_ids, self.eos_token_id).unsqueeze(1)
+        after = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0) > first
+        return input_ids.masked_fill(after, self.pad_token_id_2)
+
+    def encode_from_token_embeds(self, token_embeds: torch.Tensor, input_ids: torch.Tensor) -> EncodedText:
+        d1 = self.width_1
+        o1 = encode_from_token_embeds(_unwrap(self.text_encoder), token_embeds[..., :d1], input_ids,
+                                      need_penultimate=True)
+        o2 = encode_from_token_embeds(_unwrap(self.text_encoder_2), token_embeds[..., d1:], self.ids_2(input_ids),
+                                      need_penultimate=True)
+        hidden = torch.cat([o1.penultimate, o2.penultimate.to(o1.penultimate.dtype)], -1)
+        return EncodedText(hidden, hidden, o2.pooled, o2.text_embeds)
+
+    def forward(self, input_ids: torch.Tensor) -> EncodedText:
+        return encode_ids(self, input_ids)
+
+
+def sdxl_time_ids(height: int, width: int, batch: int = 1, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """SDXL's ``time_ids`` (B, 6) for an image of ``height`` x ``width`` with no crop: original size, crop
+    top-left (0, 0), target size, as ``StableDiffusionXLPipeline`` builds them by default."""
+    ids = torch.tensor([[height, width, 0, 0, height, width]], device=device, dtype=dtype)
+    return ids.expand(batch, -1)
 
 
 def insert_tokens(

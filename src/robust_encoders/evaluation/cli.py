@@ -145,12 +145,17 @@ def _setup(args):
 
         pipe = load_pipeline()
     else:
-        from diffusers import StableDiffusionPipeline
+        import json
+
+        from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
         path = Path(args.pipeline)
         if not (path / "model_index.json").exists():
             raise FileNotFoundError(f"--pipeline {path}: not a diffusers pipeline folder (no model_index.json).")
-        pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None)
+        if "XL" in json.loads((path / "model_index.json").read_text()).get("_class_name", ""):
+            pipe = StableDiffusionXLPipeline.from_pretrained(path, local_files_only=True)
+        else:
+            pipe = StableDiffusionPipeline.from_pretrained(path, local_files_only=True, safety_checker=None)
     if args.device:
         pipe = pipe.to(torch.device(args.device))
     det_spec = args.detector or ("miniature" if args.pipeline == "miniature" else None)
@@ -250,9 +255,10 @@ def run_attack(args: argparse.Namespace) -> int:
             return _fail("attack", e)
         raise
     model = SDModel(pipe, steps=args.steps, guidance=args.guidance, batch_size=args.batch_size)
-    ctx = AttackContext(model, encoder.eval(), pipe.text_encoder, detector, spec, args.seed)
+    encoder = model.as_encoder(encoder).eval()
+    ctx = AttackContext(model, encoder, model.original_encoder, detector, spec, args.seed)
     seeds, guid = [it.seed for it in items], [it.guidance for it in items]
-    orig = model.generate(pipe.text_encoder, [it.prompt for it in items], seeds=seeds, guidance=guid,
+    orig = model.generate(ctx.original_encoder, [it.prompt for it in items], seeds=seeds, guidance=guid,
                           return_latents=True)
     plain = model.generate(encoder, [it.prompt for it in items], seeds=seeds, guidance=guid)
     pre = ctx.detect(plain)

@@ -160,7 +160,9 @@ def evaluate_encoder(
     """Red-team ``encoder`` on ``config.concept`` and measure what else it lost.
 
     Args:
-        encoder: the text encoder to evaluate (e.g. from ``load_robust_encoder``); not modified.
+        encoder: the text encoder to evaluate (e.g. from ``load_robust_encoder``); not modified. On an SDXL
+            pipeline: a :class:`~robust_encoders.core.text.TextEncoderPair` or a dict
+            ``{"text_encoder": ..., "text_encoder_2": ...}`` (a missing key keeps the pipeline's own encoder).
         config: :class:`EvalConfig`.
         pipe: the Stable Diffusion pipeline whose UNet/VAE the encoder serves (default: the
             miniature pipeline); its own text encoder is the "original" reference.
@@ -211,9 +213,9 @@ def evaluate_encoder(
                         if miniature_concept and config.n_retain else [])
     retain_items = list(retain_items)[: config.n_retain]
 
-    original = pipe.text_encoder
-    encoder = encoder.to(device).eval()
     model = SDModel(pipe, steps=config.steps, guidance=config.guidance, batch_size=config.batch_size)
+    original = model.original_encoder
+    encoder = model.as_encoder(encoder).to(device).eval()
     ctx = AttackContext(model, encoder, original, detector, spec, config.seed)
     attacks = [build_attack(a, **config.attack_overrides.get(a, {})) for a in config.attacks]
 

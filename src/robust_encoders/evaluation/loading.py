@@ -31,10 +31,24 @@ def load_encoder_for_eval(spec: str | os.PathLike, *, pipe):
     id, weights file). The pipeline's encoder is the base of adapters.
     """
     text = os.fspath(spec)
-    if text.lower() in ORIGINAL_ALIASES:
-        return pipe.text_encoder, "original"
     path = Path(text)
     label = path.name if path.exists() else text
+    if getattr(pipe, "text_encoder_2", None) is not None:  # SDXL: the encoder under test is a pair (or one slot)
+        from ..core.text import TextEncoderPair
+
+        if text.lower() in ORIGINAL_ALIASES:
+            return TextEncoderPair.from_pipeline(pipe), "original"
+        from ..loading.apply import _load_for_pipe
+
+        loaded = _load_for_pipe(text, {})
+        if "" in loaded:
+            raise ValueError(
+                f"{text!r} holds a single text encoder, but the SDXL pipeline has two. Pass an SDXL run or export "
+                "folder (text_encoder/ and/or text_encoder_2/ subfolders; a missing one keeps the pipeline's own)."
+            )
+        return loaded, label
+    if text.lower() in ORIGINAL_ALIASES:
+        return pipe.text_encoder, "original"
     loader = None
     try:
         from ..loading import load_robust_encoder as loader

@@ -421,7 +421,8 @@ def export_run(
             existing_readme = (dest / "README.md").read_text(encoding="utf-8")
 
     slots = list(meta["encoders"])
-    nested = slots != ["text_encoder"]
+    # SDXL exports always keep slot subfolders, so a run that trained only one of the two encoders still says which
+    nested = slots != ["text_encoder"] or "sdxl" in (meta.get("base_families") or [])
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.export-tmp-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

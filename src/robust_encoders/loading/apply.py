@@ -230,22 +230,27 @@ def _early_registry_check(pipe: Any, spec: PretrainedSpec) -> None:
 
 
 def _family_warnings(pipe: Any, assignment: Mapping[str, torch.nn.Module]) -> None:
+    """Compare the base families an encoder records (registry entry, or the ``robust_encoder.json`` of a run or
+    export) with the pipeline's: refuse another family, warn when the base differs within the family."""
     pipe_base = getattr(pipe, "name_or_path", None)
     family = pipeline_family(pipe)
     for slot, enc in assignment.items():
         info = encoder_info(enc)
         bases, families = tuple(info.get("base_models", ())), tuple(info.get("families", ()))
         label = info.get("name") or info.get("source") or "the encoder"
+        if family and families and family not in families:
+            names = ", ".join(_FAMILY_NAMES.get(f, f) for f in families)
+            where = pipe_base or "detected from its shapes"
+            raise IncompatibleEncoderError(
+                f"{label} ({slot}) was trained for {names} ({', '.join(bases) or 'base unknown'}), but this "
+                f"{type(pipe).__name__} is {_FAMILY_NAMES.get(family, family)} ({where}). Text encoders only "
+                "transfer within a family (every SD 1.x fine-tune shares CLIP-L; SD 2.x uses OpenCLIP-H; SDXL pairs "
+                f"CLIP-L with OpenCLIP bigG). Use a {names} pipeline, or train an encoder for this one "
+                f"(robust-encoders train ... model.base_model={pipe_base or 'PATH'}). The pipeline was not changed."
+            )
         if not bases or not pipe_base or pipe_base in bases:
             continue
-        if family and families and family not in families:
-            warnings.warn(
-                f"{label} ({slot}) was made for {', '.join(families)} ({', '.join(bases)}), but this pipeline "
-                f"({pipe_base}) looks like {family}. Its shapes fit, yet expect poor images and untested erasure.",
-                CompatibilityWarning,
-                stacklevel=3,
-            )
-        elif family and family in families:
+        if family and family in families:
             warnings.warn(
                 f"{label} ({slot}) was trained against {', '.join(bases)}; this pipeline is {pipe_base}. Both are "
                 f"{_FAMILY_NAMES.get(family, family)} and share the text encoder architecture, so it fits, but "

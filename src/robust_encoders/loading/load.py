@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import torch
 
-from ..registry import PretrainedSpec, UnknownEncoderError, family_of_base_model, get_pretrained
+from ..registry import PACKAGE_DIR, PretrainedSpec, UnknownEncoderError, family_of_base_model, get_pretrained
 from .adapter import (
     ADAPTER_BIN,
     ADAPTER_SAFETENSORS,
@@ -56,7 +56,7 @@ ENCODER_SLOTS: tuple[str, ...] = ("text_encoder", "text_encoder_2")
 EncoderModel = Union["CLIPTextModel", "CLIPTextModelWithProjection"]
 PathLike = Union[str, "os.PathLike[str]"]
 
-_METADATA = ["config.json", "adapter_config.json", "model_index.json",
+_METADATA = ["config.json", "adapter_config.json", "model_index.json", "robust_encoder.json",
              "text_encoder/config.json", "text_encoder/adapter_config.json",
              "text_encoder_2/config.json", "text_encoder_2/adapter_config.json"]
 _REPO_ID_RE = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+(/[^\s]+)?$")
@@ -149,6 +149,14 @@ class _Target:
     label: str
 
 
+#: Base pipelines shipped inside the package, by the name runs and adapters record for them (a path on the
+#: training machine would mean nothing elsewhere). ``"miniature"`` is the embedded miniature SD world.
+PACKAGED_BASES: dict[str, str] = {
+    "miniature": "miniature/weights/pipeline",
+    "miniature/text_encoder": "miniature/weights/pipeline/text_encoder",
+}
+
+
 def _looks_like_local_path(text: str) -> bool:
     return (text.startswith(("/", "./", "../", "~", "\\")) or text in (".", "..")
             or bool(re.match(r"^[A-Za-z]:[\\/]", text)) or "\\" in text)
@@ -169,6 +177,11 @@ def _resolve(name_or_path: PathLike, *, subfolder: str | None, revision: str | N
         return _Target(_Folder(local=folder), None, None, str(folder))
     if is_pathlike or _looks_like_local_path(text):
         raise EncoderNotFoundError(f"No such file or folder: {path}")
+    if text.strip().lower() in PACKAGED_BASES:  # the embedded miniature world: a base, not a robust encoder
+        folder = PACKAGE_DIR / PACKAGED_BASES[text.strip().lower()]
+        if subfolder:
+            folder = folder / subfolder
+        return _Target(_Folder(local=folder), None, None, text)
 
     try:
         spec = get_pretrained(text)
@@ -428,8 +441,26 @@ def _inherited(base: _Plan | torch.nn.Module | None) -> tuple[tuple[str, ...], t
     return tuple(info.get("base_models", ())), tuple(info.get("families", ()))
 
 
+def _run_metadata(path: Path) -> dict[str, Any]:
+    """The ``robust_encoder.json`` a trainer run or an export keeps next to the encoder (in the folder itself, or,
+    for a ``text_encoder/`` / ``text_encoder_2/`` subfolder, in its parent); ``{}`` when there is none."""
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder, folder.parent if folder.name in ENCODER_SLOTS else None):
+        if candidate is not None and (candidate / "robust_encoder.json").is_file():
+            try:
+                meta = json.loads((candidate / "robust_encoder.json").read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return {}
+            return meta if isinstance(meta, dict) else {}
+    return {}
+
+
 def _tag(model: torch.nn.Module, plan: _Plan, base_models: tuple[str, ...], families: tuple[str, ...]
          ) -> torch.nn.Module:
+    meta = _run_metadata(plan.path) if plan.spec is None else {}
+    if meta.get("base_model") and meta.get("base_families"):  # what the run says it was trained on
+        base_models = (str(meta["base_model"]),)
+        families = tuple(str(f) for f in meta["base_families"])
     if plan.spec is not None:
         base_models, families = plan.spec.base_models, plan.spec.families
         get_base = getattr(model, "get_base_model", None)

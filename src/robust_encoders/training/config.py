@@ -56,6 +56,9 @@ __all__ = [
     "CheckpointConfig",
     "LogConfig",
     "EngineConfig",
+    "AnchorConfig",
+    "NeighborsConfig",
+    "TokenFocusConfig",
     "TrainConfig",
     "apply_overrides",
     "parse_override",
@@ -147,11 +150,17 @@ class ModelConfig(_Section):
         default="auto", metadata={"help": "auto (bf16 on GPUs that support it, else fp16; none on CPU), no, fp16, bf16."}
     )
     device: str | None = field(default=None, metadata={"help": "Device override (default: accelerate's choice)."})
+    encoders: str = field(
+        default="both",
+        metadata={"help": "SDXL: which text encoder(s) learn: both, text_encoder (CLIP-L) or text_encoder_2 "
+                          "(OpenCLIP bigG); the other stays frozen. One-encoder pipelines: both = text_encoder."},
+    )
 
     def validate(self) -> None:
         _check(bool(self.base_model), "model.base_model is empty.")
         _choice("model", "dtype", self.dtype, ("auto", "float32", "float16", "bfloat16"))
         _choice("model", "mixed_precision", self.mixed_precision, ("auto", "no", "fp16", "bf16"))
+        _choice("model", "encoders", self.encoders, ("both", "text_encoder", "text_encoder_2"))
 
 
 @dataclass
@@ -216,7 +225,14 @@ class AttackSettings(_Section):
     every: int = field(
         default=1, metadata={"help": "Re-run the attack every N iterations (the last adversarial prompt is reused between)."}
     )
-    mode: str = field(default="continuous", metadata={"help": "continuous (soft tokens, AdvUnlearn) or discrete (real tokens)."})
+    mode: str = field(
+        default="continuous",
+        metadata={
+            "help": "continuous (soft tokens, AdvUnlearn), discrete (real tokens), or derived (RECE-style: derive "
+            "concept-token embeddings that make the current encoder reproduce the original encoder's output for the "
+            "forget prompts; encoder passes only, no UNet; uses steps, lr, optimizer, init, eps; ignores k, position)."
+        },
+    )
     steps: int = field(default=30, metadata={"help": "Attack optimisation steps."})
     lr: float = field(default=1e-3, metadata={"help": "Attack step size."})
     k: int = field(default=1, metadata={"help": "Adversarial tokens per prompt."})
@@ -236,11 +252,11 @@ class AttackSettings(_Section):
             raise ConfigError(str(exc).replace("PromptAttackConfig.", "attack.")) from None
 
     def to_prompt_attack_config(self, seed: int):
-        """The matching ``PromptAttackConfig`` (``seed`` varies per round)."""
+        """The matching ``PromptAttackConfig`` (``seed`` varies per round; mode=derived validates as continuous)."""
         from ..attacks import PromptAttackConfig
 
         return PromptAttackConfig(
-            mode=self.mode, steps=self.steps, lr=float(self.lr), k=self.k, position=self.position,
+            mode="continuous" if self.mode == "derived" else self.mode, steps=self.steps, lr=float(self.lr), k=self.k, position=self.position,
             optimizer=self.optimizer, init=self.init, eps=self.eps, seed=int(seed),
         )
 
@@ -330,6 +346,15 @@ class OptimConfig(_Section):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas."})
     grad_clip: float | None = field(default=None, metadata={"help": "Clip the gradient norm (null = off)."})
     lr_warmup: int = field(default=0, metadata={"help": "Linear learning-rate warm-up iterations."})
+    grad_surgery: str = field(
+        default="none",
+        metadata={
+            "help": "none, or per_tensor (DoCo's concept-preserving gradient, Wu et al. 2024): the forget and retain "
+            "losses are back-propagated separately and, per parameter tensor where the two gradients conflict "
+            "(negative dot product), the forget gradient loses its component along the retain gradient "
+            "(PCGrad-style projection) before the step. Default none = AdvUnlearn."
+        },
+    )
 
     def validate(self) -> None:
         _positive("optim", "lr", self.lr)
@@ -339,6 +364,7 @@ class OptimConfig(_Section):
         if self.grad_clip is not None:
             _positive("optim", "grad_clip", self.grad_clip)
         _check(isinstance(self.lr_warmup, int) and self.lr_warmup >= 0, "optim.lr_warmup must be an integer >= 0.")
+        _choice("optim", "grad_surgery", self.grad_surgery, ("none", "per_tensor"))
 
 
 @dataclass
@@ -390,6 +416,111 @@ class EngineConfig(_Section):
         _check(isinstance(self.micro_batch, int) and self.micro_batch >= 0, "engine.micro_batch must be an integer >= 0.")
 
 
+# ----------------------------------------------------------------------------------------------------------------
+# Trainer options from the concept-erasure literature (mechanisms in training/options.py). Every default keeps the
+# option off, so the AdvUnlearn reference is unchanged; the values used once an option is switched on are marked
+# with where they come from. "our choice" means the paper gives no number for this setting (or its public code is
+# not reachable offline) and the value was picked for the miniature world.
+# ----------------------------------------------------------------------------------------------------------------
+@dataclass
+class AnchorConfig(_Section):
+    """AdvAnchor (Zhao et al., arXiv 2501.00054): an adversarial anchor replaces the empty prompt in the unlearning target.
+
+    With ``kind: adversarial`` the target is ``eps0(x_t, a) - eta * (eps0(x_t, c) - eps0(x_t, a))`` where
+    ``a = E0(tokens(c) + delta)``: the forget prompt with a universal perturbation ``delta`` added to the concept's
+    token embeddings (``unlearn.negative_guidance=0`` gives AdvAnchor's loss ``||eps(x_t, c) - eps0(x_t, a)||^2``).
+    ``delta`` is kept across iterations, bounded per token by ``radius * ||e_token||`` and refreshed every
+    ``every`` iterations by ``steps`` normalised-gradient ascent steps on the disagreement ``1 - cos`` between the
+    anchor's and the concept's guidance directions ``eps0(x_t, a) - eps0(x_t, '')`` and ``eps0(x_t, c) - eps0(x_t, '')``.
+    """
+
+    kind: str = field(
+        default="empty", metadata={"help": "empty (the '' anchor of ESD/AdvUnlearn) or adversarial (AdvAnchor)."}
+    )
+    radius: float = field(
+        default=0.5,
+        metadata={"help": "Bound of delta per concept token, as a multiple of that token's embedding norm (our choice)."},
+    )
+    steps: int = field(default=3, metadata={"help": "Ascent steps per refresh of delta (our choice)."})
+    lr: float = field(
+        default=0.1, metadata={"help": "Ascent step length, as a multiple of the token's embedding norm (our choice)."}
+    )
+    every: int = field(default=10, metadata={"help": "Refresh delta every N iterations (our choice)."})
+
+    def validate(self) -> None:
+        _choice("anchor", "kind", self.kind, ("empty", "adversarial"))
+        _positive("anchor", "radius", self.radius)
+        _check(isinstance(self.steps, int) and self.steps >= 1, "anchor.steps must be an integer >= 1.")
+        _positive("anchor", "lr", self.lr)
+        _check(isinstance(self.every, int) and self.every >= 1, "anchor.every must be an integer >= 1.")
+
+
+@dataclass
+class NeighborsConfig(_Section):
+    """RealEra (arXiv 2024): neighbour-concept mining around the concept's token embeddings.
+
+    Every iteration, ``k`` perturbations ``eta`` of each concept token embedding ``e`` (a random direction
+    orthogonal to ``e``, length ``||e|| * tan(theta)`` for a cosine ``cos(theta)`` drawn uniformly from the band) with
+    ``||eta|| <= radius * ||e||`` and ``cos(e, e + eta)`` in ``[s1, s2]`` are erased like the concept (forget batch,
+    on the concept's ``x_t`` and target); ``k`` more with ``cos < s1`` are kept in place (retain batch, encoder space:
+    ``retain_weight * MSE(E(p_eta), E0(p_eta))``, RealEra's beyond-concept regularisation).
+    """
+
+    k: int = field(default=0, metadata={"help": "Neighbours per batch (forget and retain each); 0 = off."})
+    s1: float = field(
+        default=0.5,
+        metadata={
+            "help": "Lower cosine of the forget band; below it, the retain batch (our choice: in the miniature "
+            "token space a neighbour at cos >= 0.7 still reads as the concept, at cos < 0.5 mostly as another one)."
+        },
+    )
+    s2: float = field(default=0.95, metadata={"help": "Upper cosine of the forget band (our choice)."})
+    radius: float = field(
+        default=4.0,
+        metadata={"help": "D: the largest ||eta||, as a multiple of ||e|| (our choice; 4 reaches cos 0.24)."},
+    )
+    weight: float = field(default=1.0, metadata={"help": "Weight of the neighbour forget term (our choice)."})
+    retain_weight: float = field(default=1.0, metadata={"help": "Weight of the neighbour retain term (our choice)."})
+
+    def validate(self) -> None:
+        _check(isinstance(self.k, int) and self.k >= 0, "neighbors.k must be an integer >= 0.")
+        _check(0 < self.s1 < self.s2 < 1, f"neighbors needs 0 < s1 < s2 < 1, got s1={self.s1}, s2={self.s2}.")
+        _positive("neighbors", "radius", self.radius)
+        lowest = 1.0 / math.sqrt(1.0 + float(self.radius) ** 2)
+        _check(
+            lowest < self.s1,
+            f"neighbors.radius={self.radius} only reaches cos >= {lowest:.3f}, so no neighbour falls below "
+            f"s1={self.s1} (the retain batch); raise radius or s1.",
+        )
+        _positive("neighbors", "weight", self.weight, allow_zero=True)
+        _positive("neighbors", "retain_weight", self.retain_weight, allow_zero=True)
+
+
+@dataclass
+class TokenFocusConfig(_Section):
+    """TRCE (arXiv 2025): map the forget prompts' [EoT] embeddings to those of a safe prompt.
+
+    With ``mode: eot`` an encoder-space term ``weight * MSE(E(c)[EoT...], E0(c_safe)[EoT...])`` is added for the clean
+    and adversarial forget prompts, over the end-of-text token and the padding after it (aligned by offset from the
+    first EoT), where ``c_safe`` is the prompt with the concept word replaced by ``safe_text``. ``hinge_weight`` adds
+    TRCE's contrastive idea in encoder space: ``max(0, d(E(c), E0(c_safe)) - d(E(c), E0(c)) + margin)``.
+    """
+
+    mode: str = field(default="all", metadata={"help": "all (no extra term, AdvUnlearn) or eot (TRCE's [EoT] mapping)."})
+    weight: float = field(default=1.0, metadata={"help": "Weight of the EoT mapping term (our choice)."})
+    safe_text: str = field(
+        default="", metadata={"help": "Replaces the concept word in the safe prompt ('' drops it; our choice)."}
+    )
+    hinge_weight: float = field(default=0.0, metadata={"help": "Weight of the hinge term (0 = off; our choice)."})
+    margin: float = field(default=0.0, metadata={"help": "Margin of the hinge term (our choice)."})
+
+    def validate(self) -> None:
+        _choice("token_focus", "mode", self.mode, ("all", "eot"))
+        _positive("token_focus", "weight", self.weight, allow_zero=True)
+        _positive("token_focus", "hinge_weight", self.hinge_weight, allow_zero=True)
+        _positive("token_focus", "margin", self.margin, allow_zero=True)
+
+
 @dataclass
 class TrainConfig:
     """A complete, resolved training recipe."""
@@ -408,6 +539,13 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig, metadata={"help": "Checkpoints."})
     log: LogConfig = field(default_factory=LogConfig, metadata={"help": "Logging."})
     engine: EngineConfig = field(default_factory=EngineConfig, metadata={"help": "Engineering switches."})
+    anchor: AnchorConfig = field(default_factory=AnchorConfig, metadata={"help": "Anchor of the unlearning target (AdvAnchor)."})
+    neighbors: NeighborsConfig = field(
+        default_factory=NeighborsConfig, metadata={"help": "Neighbour-concept mining (RealEra)."}
+    )
+    token_focus: TokenFocusConfig = field(
+        default_factory=TokenFocusConfig, metadata={"help": "EoT-focused mapping term (TRCE)."}
+    )
 
     def __post_init__(self) -> None:
         self.validate()

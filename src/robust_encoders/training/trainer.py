@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.diffusion import Conditioning, latent_shape, predict_eps
-from ..core.text import encode_from_token_embeds, encode_ids, tokenize
+from ..core.text import TextEncoderPair, encode_from_token_embeds, encode_ids, sdxl_time_ids, tokenize
 from . import checkpoint as ckpt
 from .config import MINIATURE, ConfigError, TrainConfig, apply_overrides, load_recipe
 from .prompts import (
@@ -61,7 +61,7 @@ __all__ = [
 #: Config keys a resumed run may change (everything else must match the stored run).
 RESUMABLE_KEYS = ("iterations", "checkpoint.every", "checkpoint.keep", "log.every", "log.progress", "model.device")
 #: What a run folder holds; ``--overwrite`` removes exactly these.
-RUN_ARTIFACTS = ("config.yaml", "robust_encoder.json", "text_encoder", "log.jsonl", "checkpoints")
+RUN_ARTIFACTS = ("config.yaml", "robust_encoder.json", "text_encoder", "text_encoder_2", "log.jsonl", "checkpoints")
 
 
 class BaseModelUnavailableError(OSError):
@@ -148,6 +148,30 @@ class _Base:
     tokenizer: Any
     scheduler: Any
     family: str
+    # SDXL only: the second encoder and tokenizer, whether the unconditional branch is zeros
+    # (``force_zeros_for_empty_prompt``), and the image size (H, W) its time ids describe
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    force_zeros: bool = False
+    image_size: tuple[int, int] | None = None
+
+
+def _image_size(unet, vae_scale_factor: int) -> tuple[int, int]:
+    size = unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    return int(h) * vae_scale_factor, int(w) * vae_scale_factor
+
+
+def _check_widths(unet, te, te2, ref: str) -> None:
+    """The encoders' hidden sizes must add up to the UNet's cross_attention_dim (SDXL: both, concatenated)."""
+    widths = [te.config.hidden_size] + ([te2.config.hidden_size] if te2 is not None else [])
+    if sum(widths) != unet.config.cross_attention_dim:
+        what = " + ".join(str(w) for w in widths)
+        raise ValueError(
+            f"Text encoder hidden size {what} does not match the UNet's cross_attention_dim "
+            f"{unet.config.cross_attention_dim} in {ref}: the folder mixes parts of different Stable Diffusion "
+            "families. Point model.base_model at one complete pipeline folder."
+        )
 
 
 def _load_base(cfg: TrainConfig, device: torch.device, frozen_dtype: torch.dtype) -> _Base:
@@ -163,30 +187,42 @@ def _load_base(cfg: TrainConfig, device: torch.device, frozen_dtype: torch.dtype
         te = CLIPTextModel.from_pretrained(ref, subfolder="text_encoder", dtype=torch.float32, **kw)
         tok = CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer", **kw)
         sched = DDIMScheduler.from_config(DDIMScheduler.load_config(ref, subfolder="scheduler", **kw))
+        xl = {}
+        if getattr(unet.config, "addition_embed_type", None) == "text_time":  # SDXL: two encoders, time ids
+            from transformers import CLIPTextModelWithProjection
+
+            xl["text_encoder_2"] = CLIPTextModelWithProjection.from_pretrained(
+                ref, subfolder="text_encoder_2", dtype=torch.float32, **kw)
+            xl["tokenizer_2"] = CLIPTokenizer.from_pretrained(ref, subfolder="tokenizer_2", **kw)
+            from diffusers import AutoencoderKL, DiffusionPipeline
+
+            index = DiffusionPipeline.load_config(ref, **kw)
+            xl["force_zeros"] = bool(index.get("force_zeros_for_empty_prompt", True))
+            try:
+                blocks = AutoencoderKL.load_config(ref, subfolder="vae", **kw).get("block_out_channels", [0] * 4)
+            except (OSError, ValueError):  # no VAE in the folder: the SD / SDXL factor
+                blocks = [0] * 4
+            xl["image_size"] = _image_size(unet, 2 ** (len(blocks) - 1))
     except (OSError, ValueError) as exc:
         if local:
             raise BaseModelUnavailableError(f"Could not load the base pipeline from {ref}: {exc}") from exc
         raise _offline_error(ref, cfg.model.revision, exc) from exc
-    if getattr(unet.config, "addition_embed_type", None) == "text_time":
-        raise NotImplementedError(
-            f"{ref} is an SDXL pipeline (two text encoders, added conditioning). The trainer supports SD 1.x/2.x "
-            "and the miniature world; the diffusion helpers already take added_cond_kwargs for a later SDXL trainer."
-        )
-    if te.config.hidden_size != unet.config.cross_attention_dim:
-        raise ValueError(
-            f"Text encoder hidden size {te.config.hidden_size} does not match the UNet's cross_attention_dim "
-            f"{unet.config.cross_attention_dim} in {ref}."
-        )
+    _check_widths(unet, te, xl.get("text_encoder_2"), ref)
     if cfg.model.base_model == MINIATURE:
         family = "miniature"
     else:
         from ..registry import family_of_base_model
 
-        family = family_of_base_model(cfg.model.base_model) or {768: "sd1", 1024: "sd2"}.get(
-            int(unet.config.cross_attention_dim), "sd1"
-        )
+        family = _family_of_shapes(unet, xl.get("text_encoder_2")) or family_of_base_model(cfg.model.base_model) or "sd1"
     unet.requires_grad_(False).eval().to(device)
-    return _Base(ref, unet, te, tok, sched, family)
+    return _Base(ref, unet, te, tok, sched, family, **xl)
+
+
+def _family_of_shapes(unet, te2) -> str | None:
+    """``sdxl`` for two encoders, ``sd1`` / ``sd2`` for the real encoder widths, else None (the id decides)."""
+    if te2 is not None:
+        return "sdxl"
+    return {768: "sd1", 1024: "sd2"}.get(int(unet.config.cross_attention_dim))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -354,12 +390,22 @@ class Trainer:
         self.unet = base.unet
         self.unet_orig = self.unet if cfg.engine.share_unet else copy.deepcopy(self.unet)
         te = base.text_encoder
-        self.te_orig = copy.deepcopy(te).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
-        torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
-        self.model, self.trainable_names = make_trainable(te, cfg.trainable)
-        self.model.to(self.device)
-        self.model.train()
-        self.te = self.model.get_base_model() if cfg.trainable.part == "lora" else self.model
+        self.slots = ["text_encoder"]  # the pipeline encoders this run trains (and saves)
+        self.time_ids = None
+        if base.text_encoder_2 is not None:
+            self._setup_pair(base)
+        else:
+            if cfg.model.encoders == "text_encoder_2":
+                raise ConfigError(
+                    f"model.encoders=text_encoder_2, but {base.ref} has a single text encoder (only SDXL has a "
+                    "text_encoder_2). Use model.encoders=both (or text_encoder)."
+                )
+            self.te_orig = copy.deepcopy(te).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
+            torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
+            self.model, self.trainable_names = make_trainable(te, cfg.trainable)
+            self.model.to(self.device)
+            self.model.train()
+            self.te = self.model.get_base_model() if cfg.trainable.part == "lora" else self.model
         self.params = [p for n, p in self.model.named_parameters() if n in set(self.trainable_names)]
 
         # prompts
@@ -367,8 +413,12 @@ class Trainer:
         self.forget_prompts = self._forget_prompts()
         self.retain_prompts = self._retain_prompts()
         # frozen-encoder outputs (cached for the fixed prompt sets)
-        self._orig_cache: dict[str, torch.Tensor] = {}
-        self.uncond = Conditioning(self._orig_hidden([""]))
+        self._orig_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self.uncond = self._orig_cond([""])
+        if base.force_zeros:  # SDXL's default: the unconditional branch is all zeros, not the encoded ""
+            u = self.uncond
+            self.uncond = Conditioning(torch.zeros_like(u.encoder_hidden_states), {
+                k: torch.zeros_like(v) if k == "text_embeds" else v for k, v in u.added_cond_kwargs.items()})
         shape = latent_shape(self.unet, 1)[1:]
         sc = cfg.sampling
         common = dict(
@@ -377,14 +427,14 @@ class Trainer:
             refresh_every=sc.refresh_every, seed=cfg.seed, rank=self.rank, dtype=self.frozen_dtype,
         )
         self.forget_pool = TrajectoryPool(
-            "forget", self.forget_prompts, lambda idx: Conditioning(self._orig_hidden([self.forget_prompts[i] for i in idx])),
+            "forget", self.forget_prompts, lambda idx: self._orig_cond([self.forget_prompts[i] for i in idx]),
             self.uncond, size=sc.pool, need_uncond=True, **common,
         )
         self.retain_pool = None
         if cfg.retain.space in ("unet", "both") and cfg.retain.weight > 0:
             self.retain_pool = TrajectoryPool(
                 "retain", self.retain_prompts,
-                lambda idx: Conditioning(self._orig_hidden([self.retain_prompts[i] for i in idx])),
+                lambda idx: self._orig_cond([self.retain_prompts[i] for i in idx]),
                 self.uncond, size=sc.retain_pool, need_uncond=False, **common,
             )
         # optimiser
@@ -399,6 +449,9 @@ class Trainer:
         self._vocab_ids = None
         self.step = 0
         self.elapsed_before = 0.0
+        from .options import TrainerOptions
+
+        self.options = TrainerOptions(self)  # anchor / neighbors / token_focus / derived attack / grad surgery
 
     def _given_base(self) -> _Base:
         from diffusers import DDIMScheduler
@@ -410,10 +463,45 @@ class Trainer:
         unet = p.unet.requires_grad_(False).eval().to(self.device, self.frozen_dtype)
         te = copy.deepcopy(p.text_encoder).to(torch.float32)
         sched = DDIMScheduler.from_config(p.scheduler.config)
-        family = "miniature" if self.cfg.is_miniature else {768: "sd1", 1024: "sd2"}.get(
-            int(unet.config.cross_attention_dim), "sd1")
+        xl = {}
+        if getattr(p, "text_encoder_2", None) is not None:  # SDXL
+            if getattr(p, "tokenizer_2", None) is None:
+                raise ValueError("pipeline has a text_encoder_2 but no tokenizer_2; pass a StableDiffusionXLPipeline.")
+            xl = dict(text_encoder_2=copy.deepcopy(p.text_encoder_2).to(torch.float32), tokenizer_2=p.tokenizer_2,
+                      force_zeros=bool(getattr(getattr(p, "config", None), "force_zeros_for_empty_prompt", True)),
+                      image_size=_image_size(unet, int(getattr(p, "vae_scale_factor", 8))))
         ref = _base_reference(self.cfg.model.base_model)[0] if self.cfg.is_miniature else self.cfg.model.base_model
-        return _Base(ref, unet, te, p.tokenizer, sched, family)
+        _check_widths(unet, te, xl.get("text_encoder_2"), ref)
+        from ..registry import family_of_base_model
+
+        family = "miniature" if self.cfg.is_miniature else (
+            _family_of_shapes(unet, xl.get("text_encoder_2")) or family_of_base_model(ref) or "sd1")
+        return _Base(ref, unet, te, p.tokenizer, sched, family, **xl)
+
+    def _setup_pair(self, base: _Base) -> None:
+        """SDXL: train ``model.encoders`` of (text_encoder, text_encoder_2); the trained model is their pair."""
+        cfg = self.cfg
+        which = cfg.model.encoders
+        self.slots = ["text_encoder", "text_encoder_2"] if which == "both" else [which]
+        pad2 = getattr(base.tokenizer_2, "pad_token_id", None)
+        eos = int(getattr(base.tokenizer, "eos_token_id", None) or 49407)
+        frozen = [copy.deepcopy(m).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
+                  for m in (base.text_encoder, base.text_encoder_2)]
+        self.te_orig = TextEncoderPair(*frozen, pad_token_id_2=pad2, eos_token_id=eos)
+        torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
+        members = {}
+        for slot, enc in (("text_encoder", base.text_encoder), ("text_encoder_2", base.text_encoder_2)):
+            if slot in self.slots:
+                members[slot], _ = make_trainable(enc, cfg.trainable)
+            else:
+                members[slot] = enc.requires_grad_(False)
+        self.model = TextEncoderPair(members["text_encoder"], members["text_encoder_2"], pad_token_id_2=pad2,
+                                     eos_token_id=eos).to(self.device)
+        self.model.train()
+        self.trainable_names = [n for n, q in self.model.named_parameters() if q.requires_grad]
+        self.te = self.model
+        h, w = base.image_size or _image_size(self.unet, 8)
+        self.time_ids = sdxl_time_ids(h, w, device=self.device, dtype=self.frozen_dtype)
 
     def _concept_kind(self) -> str:
         c = self.cfg.concept
@@ -458,22 +546,54 @@ class Trainer:
 
     # -- encoders ---------------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _orig_hidden(self, prompts: list[str]) -> torch.Tensor:
-        """Frozen encoder's last hidden state for ``prompts`` (cached when engine.cache_original)."""
+    def _orig_outputs(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Frozen encoder's token conditioning (and SDXL's pooled text_embeds, else None) for ``prompts``
+        (cached when engine.cache_original)."""
         cache = self.cfg.engine.cache_original
         missing = [p for p in dict.fromkeys(prompts) if not cache or p not in self._orig_cache]
         fresh = {}
         if missing:
             ids = tokenize(self.tokenizer, missing, device=self.device)
-            out = encode_ids(self.te_orig, ids).last_hidden_state.to(self.frozen_dtype)
-            fresh = dict(zip(missing, out, strict=True))
+            enc = encode_ids(self.te_orig, ids)
+            out = enc.last_hidden_state.to(self.frozen_dtype)
+            pooled = enc.text_embeds.to(self.frozen_dtype) if self.time_ids is not None else [None] * len(missing)
+            fresh = {p: (h, q) for p, h, q in zip(missing, out, pooled, strict=True)}
             if cache:
                 self._orig_cache.update(fresh)
         src = self._orig_cache if cache else fresh
-        return torch.stack([src[p] for p in prompts])
+        hidden = torch.stack([src[p][0] for p in prompts])
+        return hidden, (torch.stack([src[p][1] for p in prompts]) if self.time_ids is not None else None)
+
+    def _orig_hidden(self, prompts: list[str]) -> torch.Tensor:
+        """Frozen encoder's token conditioning (last hidden state; SDXL: both encoders' penultimate states)."""
+        return self._orig_outputs(prompts)[0]
+
+    def _orig_cond(self, prompts: list[str]) -> Conditioning:
+        return self._conditioning(*self._orig_outputs(prompts))
+
+    def _conditioning(self, hidden: torch.Tensor, text_embeds: torch.Tensor | None) -> Conditioning:
+        """What the UNet reads: the token states, plus SDXL's pooled text_embeds and time ids."""
+        if self.time_ids is None:
+            return Conditioning(hidden)
+        return Conditioning(hidden, {"text_embeds": text_embeds, "time_ids": self.time_ids.expand(hidden.shape[0], -1)})
+
+    def _cond_of(self, enc) -> Conditioning:
+        return self._conditioning(enc.last_hidden_state, enc.text_embeds)
+
+    def _as_cond(self, c) -> Conditioning:
+        if isinstance(c, Conditioning):
+            return c
+        if self.time_ids is not None:
+            raise ValueError("SDXL needs the pooled text_embeds with the token states: build this loss term's "
+                             "conditioning with Trainer._encode_cond / _cond_of, not a bare hidden-state tensor.")
+        return Conditioning(c)
 
     def _encode(self, prompts: list[str]) -> torch.Tensor:
         return encode_ids(self.te, tokenize(self.tokenizer, prompts, device=self.device)).last_hidden_state
+
+    def _encode_cond(self, prompts: list[str]) -> Conditioning:
+        """The trained encoder's conditioning of ``prompts`` (gradients reach its weights)."""
+        return self._cond_of(encode_ids(self.te, tokenize(self.tokenizer, prompts, device=self.device)))
 
     # -- one iteration -------------------------------------------------------------------------------------------------
     def _attack(self, step: int, prompts: list[str], xb) -> tuple[Any, bool]:
@@ -482,6 +602,10 @@ class Trainer:
 
         a = self.cfg.attack
         fresh = (step - a.warmup) % a.every == 0 or self.attack_state is None
+        if a.mode == "derived":  # RECE-style: derived concept-token embeddings, no UNet pass (training/options.py)
+            res = self.options.derived_attack(step, prompts, fresh, self.attack_state)
+            self.attack_state = res.state
+            return res, fresh
         acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
         if not fresh:
             acfg = dataclasses.replace(acfg, steps=0, init="warm")
@@ -491,7 +615,7 @@ class Trainer:
         target = xb.eps_cond.to(self.device)
 
         def loss_fn(enc):
-            return _mse_per_sample(predict_eps(self.unet, lat, ts, enc.last_hidden_state), target)
+            return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
 
         was_training = self.model.training
         self.model.eval()
@@ -505,15 +629,23 @@ class Trainer:
         self.attack_state = res.state
         return res, fresh
 
-    def _adv_hidden(self, res, idx: list[int]) -> torch.Tensor:
+    def _adv_encoded(self, res, idx: list[int]):
         """Re-encode adversarial prompts ``idx`` with the current encoder (gradients reach its weights)."""
         if res.adv_token_ids is not None:  # discrete: real tokens (== tokenising res.texts)
-            return encode_ids(self.te, res.real_input_ids[idx].to(self.device)).last_hidden_state
+            return encode_ids(self.te, res.real_input_ids[idx].to(self.device))
         ids = res.input_ids[idx].to(self.device)
         current = self.te.get_input_embeddings()(ids)
         mask = res.adv_mask[idx].to(self.device).unsqueeze(-1)
         emb = torch.where(mask, res.token_embeds[idx].to(self.device, current.dtype), current)
-        return encode_from_token_embeds(self.te, emb, ids).last_hidden_state
+        return encode_from_token_embeds(self.te, emb, ids)
+
+    def _adv_hidden(self, res, idx: list[int]) -> torch.Tensor:
+        """Token states of the adversarial prompts ``idx`` under the current encoder (see :meth:`_adv_encoded`)."""
+        return self._adv_encoded(res, idx).last_hidden_state
+
+    def _adv_cond(self, res, idx: list[int]) -> Conditioning:
+        """UNet conditioning of the adversarial prompts ``idx`` (SDXL: with pooled text_embeds and time ids)."""
+        return self._cond_of(self._adv_encoded(res, idx))
 
     def _lr(self, step: int) -> float:
         o = self.cfg.optim
@@ -529,6 +661,8 @@ class Trainer:
         eta = cfg.unlearn.negative_guidance
         target = (xb.eps_uncond - eta * (xb.eps_cond - xb.eps_uncond)).to(self.device)
         record: dict[str, Any] = {"step": step + 1}
+        target, anchor_record = self.options.anchor_target(step, xb, prompts, target)  # AdvAnchor (if on)
+        record.update(anchor_record)
 
         attacking = cfg.attack.enabled and step >= cfg.attack.warmup
         res = None
@@ -550,12 +684,16 @@ class Trainer:
         ts = xb.timesteps.to(self.device)
         parts: list[_Part] = []
         if res is not None:
-            parts.append(_Part("forget_adv", lat, ts, lambda idx: self._adv_hidden(res, idx), target))
+            parts.append(_Part("forget_adv", lat, ts, lambda idx: self._adv_cond(res, idx), target))
         if res is None or cfg.unlearn.include_clean:
-            parts.append(_Part("forget_clean", lat, ts, lambda idx: self._encode([prompts[i] for i in idx]), target))
+            parts.append(_Part("forget_clean", lat, ts, lambda idx: self._encode_cond([prompts[i] for i in idx]),
+                               target))
         n_forget = len(parts)
         for p in parts:
             p.coef = 1.0 / (n_forget * len(p))
+        nb_parts, opt_terms = self.options.neighbor_parts(step, prompts, lat, ts, target)  # RealEra (if on)
+        parts += nb_parts
+        opt_terms = self.options.eot_terms(prompts, res) + opt_terms  # TRCE (if on): (name, group, weight, loss)
         r = cfg.retain
         retain_enc = None
         if r.weight > 0 and r.space in ("unet", "both"):
@@ -567,7 +705,7 @@ class Trainer:
             rp = [self.retain_prompts[int(i)] for i in rb.prompt_index]
             parts.append(_Part(
                 "retain", rb.latents.to(self.device, self.frozen_dtype), rb.timesteps.to(self.device),
-                lambda idx: self._encode([rp[i] for i in idx]), rb.eps_cond.to(self.device), r.weight / len(rp),
+                lambda idx: self._encode_cond([rp[i] for i in idx]), rb.eps_cond.to(self.device), r.weight / len(rp),
             ))
         # UNet passes of the trained branch, in chunks: one batched call for everything (default), one call per
         # part (reference), or micro-batches of `engine.micro_batch` samples, each back-propagated at once so only
@@ -580,11 +718,24 @@ class Trainer:
             chunks = [samples]
         else:
             chunks = [[(k, i) for (k, i) in samples if k == kk] for kk in range(len(parts))]
+        surgery = self.options.surgery  # DoCo: forget chunks first, none mixing forget and retain samples
+        if surgery:
+            chunks = [[s for s in c if parts[s[0]].name.startswith("retain") == g] for g in (False, True) for c in chunks]
         sums = [0.0] * len(parts)
-        pending = []
+        pending = [w * v for _, g, w, v in opt_terms if g == "forget"]
+        forget_grads = None
+
+        def split_forget_grads():
+            if pending:
+                self._backward(sum(pending))
+                pending.clear()
+            return self.options.take_grads(self.params)
+
         for chunk in chunks:
             if not chunk:
                 continue
+            if surgery and forget_grads is None and parts[chunk[0][0]].name.startswith("retain"):
+                forget_grads = split_forget_grads()
             with self._autocast():
                 by_part: dict[int, list[int]] = {}
                 for k, i in chunk:
@@ -594,7 +745,7 @@ class Trainer:
                     self.unet,
                     torch.cat([parts[k].latents[by_part[k]] for k in keys]),
                     torch.cat([parts[k].timesteps[by_part[k]] for k in keys]),
-                    torch.cat([parts[k].hidden(by_part[k]) for k in keys]),
+                    Conditioning.cat([self._as_cond(parts[k].hidden(by_part[k])) for k in keys]),
                 )
                 tgt = torch.cat([parts[k].target[by_part[k]] for k in keys])
                 coef = torch.tensor([parts[k].coef for k in keys for _ in by_part[k]], device=eps.device)
@@ -609,6 +760,9 @@ class Trainer:
                 self._backward(chunk_loss)
             else:
                 pending.append(chunk_loss)
+        if surgery and forget_grads is None:
+            forget_grads = split_forget_grads()
+        pending += [w * v for _, g, w, v in opt_terms if g == "retain"]
         enc_weight = r.weight if r.space == "encoder" else (r.encoder_weight if r.space == "both" else 0.0)
         if enc_weight > 0:
             idx = torch.randint(len(self.retain_prompts), (r.batch_size,), generator=gen).tolist()
@@ -618,12 +772,20 @@ class Trainer:
             pending.append(enc_weight * retain_enc)
         if pending:
             self._backward(sum(pending))
+        if surgery:
+            record["surgery_conflicts"] = self.options.combine(self.params, forget_grads)
         part_loss = {p.name: sums[k] / len(p) for k, p in enumerate(parts)}
         loss_forget = sum(v for k, v in part_loss.items() if k.startswith("forget")) / n_forget
         loss = loss_forget + (r.weight * part_loss["retain"] if "retain" in part_loss else 0.0)
         if retain_enc is not None:
             part_loss["retain_encoder"] = float(retain_enc.detach())
             loss += enc_weight * part_loss["retain_encoder"]
+        if "neighbors" in part_loss:
+            loss += cfg.neighbors.weight * part_loss["neighbors"]
+            record["loss_neighbors"] = part_loss["neighbors"]
+        for name, _, w, v in opt_terms:
+            record[f"loss_{name}"] = float(v.detach())
+            loss += w * record[f"loss_{name}"]
 
         self._average_gradients()
         if cfg.optim.grad_clip is not None:
@@ -678,6 +840,7 @@ class Trainer:
             tensors.update(opt_t)
             atk_t, atk_meta = ckpt.serialize_dataclass(self.attack_state, "attack.")
             tensors.update(atk_t)
+            tensors.update(self.options.state_tensors())
             meta = {
                 "step": step,
                 "iterations": self.cfg.iterations,
@@ -713,6 +876,7 @@ class Trainer:
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.attack_state = ckpt.deserialize_dataclass(AttackState, tensors, meta["attack_state"], "attack.", self.device)
+        self.options.load_state_tensors(tensors)
         rng = ckpt.read_rank_rng(path, self.rank)
         if rng is not None:
             ckpt.restore_rng(*rng)
@@ -734,44 +898,52 @@ class Trainer:
         return same
 
     def _save_outputs(self, train_time: float) -> None:
-        out = self.run_dir / "text_encoder"
-        tmp = self.run_dir / ".tmp-text_encoder"
-        if tmp.exists():
-            shutil.rmtree(tmp)
         fmt = "lora" if self.cfg.trainable.part == "lora" else "full"
-        import warnings
-
-        with warnings.catch_warnings():  # peft looks for a config.json at the pipeline root; the embeddings are frozen
-            warnings.filterwarnings("ignore", message="Could not find a config file")
-            self.model.save_pretrained(str(tmp), safe_serialization=True)
-        if fmt == "lora":  # point the adapter at the base pipeline (loaders take its text_encoder/)
-            acfg_path = tmp / "adapter_config.json"
-            acfg = json.loads(acfg_path.read_text(encoding="utf-8"))
-            acfg["base_model_name_or_path"] = self.base.ref
-            acfg["revision"] = self.cfg.model.revision
-            acfg_path.write_text(json.dumps(acfg, indent=2) + "\n", encoding="utf-8")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        for slot in self.slots:  # one folder per trained encoder (SDXL: text_encoder/ and/or text_encoder_2/)
+            self._save_encoder(slot, self.model if slot == "text_encoder" and not isinstance(
+                self.model, TextEncoderPair) else getattr(self.model, slot), fmt)
         info = {
             "concept": self.cfg.concept.name,
             "concept_kind": self.concept_kind,
             "method": "advunlearn",
-            "base_model": self.base.ref,
-            "base_subfolder": "text_encoder",
+            "base_model": MINIATURE if self.cfg.is_miniature else self.base.ref,  # portable: no local path
+            "base_subfolder": self.slots[0] if len(self.slots) == 1 else None,
             "base_revision": self.cfg.model.revision,
             "base_families": [self.family],
             "trainable": self.cfg.trainable.part,
             "trainable_detail": self._trainable_detail(),
             "recipe": self.cfg.recipe,
             "format": fmt,
-            "encoders": ["text_encoder"],
+            "encoders": list(self.slots),
             "train_time_s": round(train_time, 2),
             "iterations": self.cfg.iterations,
             "world_size": self.world,
             "seed": self.cfg.seed,
         }
         _atomic_write(self.run_dir / "robust_encoder.json", json.dumps(info, indent=2) + "\n")
+
+    def _save_encoder(self, slot: str, model: torch.nn.Module, fmt: str) -> None:
+        out = self.run_dir / slot
+        tmp = self.run_dir / f".tmp-{slot}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        import warnings
+
+        with warnings.catch_warnings():  # peft looks for a config.json at the pipeline root; the embeddings are frozen
+            warnings.filterwarnings("ignore", message="Could not find a config file")
+            model.save_pretrained(str(tmp), safe_serialization=True)
+        if fmt == "lora":  # point the adapter at the base pipeline (loaders take its text_encoder/)
+            acfg_path = tmp / "adapter_config.json"
+            acfg = json.loads(acfg_path.read_text(encoding="utf-8"))
+            ref = MINIATURE if self.cfg.is_miniature else self.base.ref  # the loader knows the packaged world
+            if isinstance(self.model, TextEncoderPair):  # a pipeline id alone would mean its text_encoder/
+                ref = str(Path(ref) / slot) if Path(ref).exists() else f"{ref}/{slot}"
+            acfg["base_model_name_or_path"] = ref
+            acfg["revision"] = self.cfg.model.revision
+            acfg_path.write_text(json.dumps(acfg, indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
 
     def _trainable_detail(self) -> dict[str, Any]:
         t = self.cfg.trainable
