@@ -102,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     from robust_encoders.evaluation import ALL_ATTACKS, EvalConfig, evaluate_encoder, markdown_table
     from robust_encoders.evaluation.cli import parse_overrides
     from robust_encoders.evaluation.loading import load_encoder_for_eval
+    from robust_encoders.evaluation.report import save_asr_chart
     from robust_encoders.miniature import load_pipeline
 
     rows = [r.strip() for r in args.rows.split(",") if r.strip()]
@@ -148,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
             "<concept>-<row>/ folders.",
             "",
         ]
-        (out / "evaluate_concepts.md").write_text("\n".join(header) + table + "\n")
+        (out / "evaluate_concepts.md").write_text("\n".join(header) + table + "\n\n![ASR per encoder and concept]"
+                                                  "(evaluate_concepts.png)\n")
+        save_asr_chart(results, out / "evaluate_concepts.png")
         return table
 
     for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:

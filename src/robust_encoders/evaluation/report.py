@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["markdown_table", "save_grid"]
+__all__ = ["markdown_table", "save_asr_chart", "save_grid"]
 
 
 def _pct(x) -> str:
@@ -115,3 +115,54 @@ def save_grid(grid: dict[str, Any], path: str | os.PathLike, *, cell: int = 96) 
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
+
+
+_PALETTE = [(90, 90, 90), (31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189),
+            (140, 86, 75), (227, 119, 194)]
+
+
+def save_asr_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, bar: int = 10,
+                   height: int = 160) -> Path:
+    """PNG bar chart of Pre-ASR and ASR per attack, one group of bars per result (e.g. per encoder and concept).
+
+    Bars are percentages on a shared 0-100% axis; the legend maps colours to Pre-ASR and the attacks.
+
+    >>> import tempfile, os
+    >>> row = {"encoder": "esd", "concept": "star", "pre_asr": 0.0, "asr": {"unlearndiffatk": 0.75}}
+    >>> p = save_asr_chart([row], os.path.join(tempfile.mkdtemp(), "asr.png"))
+    >>> p.stat().st_size > 0
+    True
+    """
+    from PIL import Image, ImageDraw
+
+    series = ["Pre-ASR"]
+    for r in rows:
+        series += [f"ASR {a}" for a in r.get("asr", {}) if f"ASR {a}" not in series]
+    group = bar * len(series) + 14
+    left, top, label_h, legend_h = 40, 12, 34, 16 * ((len(series) + 2) // 3)
+    width = left + group * max(1, len(rows)) + 10
+    img = Image.new("RGB", (max(width, 420), top + height + label_h + legend_h), "white")
+    d = ImageDraw.Draw(img)
+    base = top + height
+    for pct in (0, 25, 50, 75, 100):
+        y = base - height * pct // 100
+        d.line([(left - 3, y), (img.width - 5, y)], fill=(225, 225, 225))
+        d.text((4, y - 6), f"{pct}%", fill="black")
+    for i, r in enumerate(rows):
+        x0 = left + i * group + 7
+        values = [r.get("pre_asr")] + [r.get("asr", {}).get(s[4:]) for s in series[1:]]
+        for j, v in enumerate(values):
+            if v is None:
+                continue
+            x = x0 + j * bar
+            d.rectangle([x, base - round(height * float(v)), x + bar - 2, base], fill=_PALETTE[j % len(_PALETTE)])
+        d.text((x0, base + 4), str(r.get("encoder"))[:12], fill="black")
+        d.text((x0, base + 18), str(r.get("concept"))[:12], fill=(90, 90, 90))
+    for j, name in enumerate(series):
+        x, y = 8 + (j % 3) * 140, base + label_h + 16 * (j // 3)
+        d.rectangle([x, y + 2, x + 10, y + 12], fill=_PALETTE[j % len(_PALETTE)])
+        d.text((x + 14, y), name, fill="black")
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+    return out
