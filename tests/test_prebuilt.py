@@ -9,7 +9,7 @@ import torch
 
 from robust_encoders import apply_robust_encoder, get_pretrained, list_pretrained, load_robust_encoder
 
-SHIPPED = {"miniature/star": "object", "miniature/red": "colour"}
+SHIPPED = {"miniature/star": "object", "miniature/red": "colour", "miniature/stripes": "style"}
 OTHER = {"star": "heart", "red": "blue", "stripes": "dots"}  # a concept of the same kind that must survive
 
 
