@@ -37,8 +37,11 @@ def test_list_json_and_filters(capsys):
     assert cli.main(["list", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert [d["name"] for d in data][:6] == ADVUNLEARN
-    assert cli.main(["list", "--kind", "style", "--json"]) == 0
+    assert cli.main(["list", "--kind", "style", "--family", "sd1", "--json"]) == 0
     assert [d["name"] for d in json.loads(capsys.readouterr().out)] == ["vangogh"]
+    assert cli.main(["list", "--family", "miniature", "--json"]) == 0
+    assert [d["name"] for d in json.loads(capsys.readouterr().out)] == [
+        "miniature/star", "miniature/red", "miniature/stripes"]
     assert cli.main(["list", "--family", "no-such-family"]) == 0
     assert "No prebuilt encoders match" in capsys.readouterr().out
 

@@ -120,7 +120,9 @@ def test_unknown_name_with_nothing_close_lists_all():
 
 
 def test_filters():
-    assert [s.name for s in list_pretrained(concept_kind="style")] == ["vangogh"]
+    assert [s.name for s in list_pretrained(concept_kind="style")] == ["vangogh", "miniature/stripes"]
+    assert [s.name for s in list_pretrained(concept_kind="style", family="sd1")] == ["vangogh"]
+    assert [s.name for s in list_pretrained(concept_kind="colour")] == ["miniature/red"]
     assert [s.name for s in list_pretrained(concept_kind="nudity")] == ["nudity"]
     assert len(list_pretrained(family="sd1")) >= 6
     assert list_pretrained(family="sdxl") == [s for s in list_pretrained() if "sdxl" in s.families]
