@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, Union
 
 import torch
 
-from ..registry import PACKAGE_DIR, PretrainedSpec, UnknownEncoderError, family_of_base_model, get_pretrained
+from ..registry import PretrainedSpec, UnknownEncoderError, family_of_base_model, get_pretrained
 from .adapter import (
     ADAPTER_BIN,
     ADAPTER_SAFETENSORS,
@@ -149,12 +149,9 @@ class _Target:
     label: str
 
 
-#: Base pipelines shipped inside the package, by the name runs and adapters record for them (a path on the
-#: training machine would mean nothing elsewhere). ``"miniature"`` is the embedded miniature SD world.
-PACKAGED_BASES: dict[str, str] = {
-    "miniature": "miniature/weights/pipeline",
-    "miniature/text_encoder": "miniature/weights/pipeline/text_encoder",
-}
+#: The name runs and adapters trained on the embedded miniature SD world record as their base (a path on the
+#: training machine would mean nothing elsewhere); it resolves to the pipeline shipped in the package.
+MINIATURE_BASE = "miniature"
 
 
 def _looks_like_local_path(text: str) -> bool:
@@ -177,8 +174,10 @@ def _resolve(name_or_path: PathLike, *, subfolder: str | None, revision: str | N
         return _Target(_Folder(local=folder), None, None, str(folder))
     if is_pathlike or _looks_like_local_path(text):
         raise EncoderNotFoundError(f"No such file or folder: {path}")
-    if text.strip().lower() in PACKAGED_BASES:  # the embedded miniature world: a base, not a robust encoder
-        folder = PACKAGE_DIR / PACKAGED_BASES[text.strip().lower()]
+    if text.strip().lower() == MINIATURE_BASE:  # the embedded miniature world: a base, not a robust encoder
+        from ..miniature.io import WEIGHTS_DIR
+
+        folder = WEIGHTS_DIR / "pipeline"
         if subfolder:
             folder = folder / subfolder
         return _Target(_Folder(local=folder), None, None, text)

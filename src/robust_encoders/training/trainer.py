@@ -897,6 +897,12 @@ class Trainer:
             raise RuntimeError("Training replicas diverged: the processes hold different encoder weights.")
         return same
 
+    @property
+    def _recorded_base(self) -> str:
+        """The base as runs and adapters record it: the portable name of the packaged miniature world (the loader
+        resolves it), otherwise the pipeline id or folder the run was trained on."""
+        return MINIATURE if self.cfg.is_miniature else self.base.ref
+
     def _save_outputs(self, train_time: float) -> None:
         fmt = "lora" if self.cfg.trainable.part == "lora" else "full"
         for slot in self.slots:  # one folder per trained encoder (SDXL: text_encoder/ and/or text_encoder_2/)
@@ -906,7 +912,7 @@ class Trainer:
             "concept": self.cfg.concept.name,
             "concept_kind": self.concept_kind,
             "method": "advunlearn",
-            "base_model": MINIATURE if self.cfg.is_miniature else self.base.ref,  # portable: no local path
+            "base_model": self._recorded_base,
             "base_subfolder": self.slots[0] if len(self.slots) == 1 else None,
             "base_revision": self.cfg.model.revision,
             "base_families": [self.family],
@@ -935,7 +941,7 @@ class Trainer:
         if fmt == "lora":  # point the adapter at the base pipeline (loaders take its text_encoder/)
             acfg_path = tmp / "adapter_config.json"
             acfg = json.loads(acfg_path.read_text(encoding="utf-8"))
-            ref = MINIATURE if self.cfg.is_miniature else self.base.ref  # the loader knows the packaged world
+            ref = self._recorded_base
             if isinstance(self.model, TextEncoderPair):  # a pipeline id alone would mean its text_encoder/
                 ref = str(Path(ref) / slot) if Path(ref).exists() else f"{ref}/{slot}"
             acfg["base_model_name_or_path"] = ref
