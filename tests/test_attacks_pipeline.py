@@ -56,6 +56,30 @@ def test_generation_is_per_seed_and_loss_has_gradients(model):
     assert emb.grad is not None and float(emb.grad.abs().sum()) > 0
 
 
+def test_teacher_objective_is_zero_for_the_original_encoder(model):
+    """With a teacher, the goal is the original model's own prediction: the original encoder on the same
+    prompt scores exactly zero, another prompt does not, and the plain diffusion loss is the noise target."""
+    from robust_encoders.attacks import DenoiseLoss
+    from robust_encoders.core.text import encode_ids
+
+    enc = model.pipe.text_encoder
+    prompts = ["a red star on stripes", "a blue circle"]
+    z0 = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    teacher = DenoiseLoss(model, z0, (0, 999), samples=3, seed=1, teacher=model.cond(enc, prompts))
+    plain = DenoiseLoss(model, z0, (0, 999), samples=3, seed=1)
+    with torch.no_grad():
+        same = teacher(encode_ids(enc, model.ids(prompts)))
+        swapped = teacher(encode_ids(enc, model.ids(prompts[::-1])))
+        noise_goal = plain(encode_ids(enc, model.ids(prompts)))
+    assert float(same.abs().max()) < 1e-10
+    assert float(swapped.min()) > 1e-6
+    assert torch.equal(plain.goal, plain.noise) and float(noise_goal.min()) > float(same.max())
+    teacher.resample()
+    assert not torch.equal(teacher.goal, teacher.noise)
+    with pytest.raises(ValueError, match="objective"):
+        build_attack("unlearndiffatk", objective="noise")
+
+
 def test_sdmodel_rejects_other_pipelines():
     with pytest.raises(TypeError, match="StableDiffusionPipeline"):
         SDModel(object())

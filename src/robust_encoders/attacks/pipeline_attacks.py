@@ -71,11 +71,17 @@ class DenoiseLoss:
     ``loss(out, rows)`` scores each encoded sequence against the draws of its prompt ``rows[i]``
     (all candidates of a prompt see the same draws). Calling it as ``loss(out)`` scores one
     sequence per prompt.
+
+    With ``teacher`` (the original model's conditioning of each target prompt) the goal on each
+    noisy latent is the original model's noise prediction instead of the drawn noise: the same
+    objective in expectation over images of the prompt, without the variance of the one sampled
+    noise (which, on small images, swamps the part of the loss the concept decides).
     """
 
     def __init__(self, model, z0: torch.Tensor, t_range: tuple[int, int] = (0, 999), samples: int = 1,
-                 seed: int = 0) -> None:
+                 seed: int = 0, teacher=None) -> None:
         self.model, self.z0, self.t_range, self.samples = model, z0, tuple(t_range), samples
+        self.teacher = teacher
         self.gen = torch.Generator().manual_seed(seed)
         self.resample()
 
@@ -83,6 +89,13 @@ class DenoiseLoss:
         b, n = self.z0.shape[0], self.samples
         self.t = torch.randint(self.t_range[0], self.t_range[1] + 1, (b, n), generator=self.gen).to(self.z0.device)
         self.noise = torch.randn((b, n, *self.z0.shape[1:]), generator=self.gen).to(self.z0.device, self.z0.dtype)
+        self.goal = self.noise
+        if self.teacher is not None:
+            cond = self.teacher.repeat_interleave(n, 0)
+            with torch.no_grad():
+                eps0 = self.model.noise_pred(cond, self.z0.repeat_interleave(n, 0), self.t.reshape(-1),
+                                             self.noise.reshape(-1, *self.z0.shape[1:]))
+            self.goal = eps0.view(b, n, *self.z0.shape[1:])
 
     def __call__(self, out, rows: torch.Tensor | None = None) -> torch.Tensor:
         if rows is None:
@@ -93,7 +106,8 @@ class DenoiseLoss:
         z0 = self.z0[rows].repeat_interleave(n, 0)
         t = self.t[rows].reshape(-1)
         noise = self.noise[rows].reshape(-1, *self.z0.shape[1:])
-        return self.model.denoise_loss(cond, z0, t, noise).view(len(rows), n).mean(1)
+        goal = self.goal[rows].reshape(-1, *self.z0.shape[1:])
+        return self.model.denoise_loss(cond, z0, t, noise, goal).view(len(rows), n).mean(1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,6 +133,10 @@ class UnlearnDiffAtkConfig:
     optimizer: str = field(default="adam", metadata={"help": "adam | sign (method=simplex)."})
     t_range: tuple[int, int] = field(default=(0, 999), metadata={"help": "Timesteps sampled for the loss."})
     noise_samples: int = field(default=2, metadata={"help": "(t, noise) draws per prompt and step."})
+    objective: str = field(default="teacher", metadata={
+        "help": "teacher: match the original model's noise prediction for the prompt on the noisy target latent "
+                "(the diffusion loss without the sampled noise's variance; default, far stronger on the miniature "
+                "world); denoise: the diffusion loss against the sampled noise, as in the paper."})
     eval_batch: int = field(default=64, metadata={"help": "Candidate prompts per UNet call (method=gcg; lower it "
                                                           "for large models)."})
 
@@ -127,6 +145,8 @@ class UnlearnDiffAtkConfig:
             raise ValueError(f"{type(self).__name__}.k must be >= 1 or None, got {self.k}.")
         if self.method not in ("gcg", "simplex", "continuous"):
             raise ValueError(f"{type(self).__name__}.method must be 'gcg' or 'simplex', got {self.method!r}.")
+        if self.objective not in ("teacher", "denoise"):
+            raise ValueError(f"{type(self).__name__}.objective must be 'teacher' or 'denoise', got {self.objective!r}.")
         for name in ("steps", "check_every", "restarts", "noise_samples", "candidates", "topk", "eval_batch"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be >= 1, got {getattr(self, name)}.")
@@ -182,7 +202,9 @@ class UnlearnDiffAtk(PipelineAttack):
             if not remaining:
                 break
             run_seed = seed * 1_000_003 + restart * 1009
-            loss = DenoiseLoss(ctx.model, z0, cfg.t_range, cfg.noise_samples, run_seed)
+            teacher = ctx.model.cond(ctx.original_encoder, [targets[i].prompt for i in range(len(targets))]) \
+                if cfg.objective == "teacher" else None
+            loss = DenoiseLoss(ctx.model, z0, cfg.t_range, cfg.noise_samples, run_seed, teacher)
             if cfg.method == "gcg":
                 self._run_gcg(ctx, targets, remaining, loss, run_seed, restart, results, queries)
             else:

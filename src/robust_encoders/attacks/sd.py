@@ -226,8 +226,8 @@ class SDModel:
         x = images.to(self.device, self.vae.dtype) * 2 - 1
         return self.vae.encode(x).latent_dist.mean * self.vae.config.scaling_factor
 
-    def denoise_loss(self, cond, z0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Per-sample MSE between the UNet's noise prediction on ``z_t`` and the true ``noise`` (B,)."""
+    def noise_pred(self, cond, z0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The UNet's noise prediction on ``z_t = add_noise(z0, noise, t)`` under ``cond`` (float32)."""
         zt = self.scheduler.add_noise(z0, noise, timesteps)
         kwargs = {}
         if isinstance(cond, Conditioning):  # SDXL: pooled text_embeds + the time ids of this image size
@@ -237,6 +237,16 @@ class SDModel:
             kwargs["added_cond_kwargs"] = {"text_embeds": cond.added_cond_kwargs["text_embeds"].to(self.dtype),
                                            "time_ids": time_ids}
             cond = cond.encoder_hidden_states
-        eps = self.unet(zt.to(self.dtype), timesteps.to(self.device), encoder_hidden_states=cond.to(self.dtype),
-                        **kwargs).sample
-        return ((eps.float() - noise.float()) ** 2).flatten(1).mean(1)
+        return self.unet(zt.to(self.dtype), timesteps.to(self.device), encoder_hidden_states=cond.to(self.dtype),
+                         **kwargs).sample.float()
+
+    def denoise_loss(self, cond, z0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
+                     target: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample MSE between the UNet's noise prediction on ``z_t`` and ``target`` (B,).
+
+        ``target`` defaults to the true ``noise`` (the diffusion loss); pass another model's
+        prediction on the same ``z_t`` to match that model instead.
+        """
+        eps = self.noise_pred(cond, z0, timesteps, noise)
+        goal = noise if target is None else target
+        return ((eps - goal.float()) ** 2).flatten(1).mean(1)
