@@ -4,7 +4,8 @@ Each attack tries to make the pipeline draw an erased concept again and checks s
 way a user would see it: generate an image and ask the detector.
 
 * :class:`UnlearnDiffAtk` - ``k`` prefix tokens chosen over the real vocabulary to minimise the
-  denoising loss on the original model's image of the prompt, checked by generating from the
+  denoising loss on the original model's image of the prompt (by default against the original
+  model's own noise prediction, ``objective="teacher"``), checked by generating from the
   decoded text every ``check_every`` steps; stops at the first success (Zhang et al., "To
   Generate or Not?"). ``method="gcg"`` (default) takes the gradient of the relaxed one-hot at the
   current tokens to propose swaps whose exact loss is compared (GCG); ``method="simplex"`` is the
@@ -135,8 +136,9 @@ class UnlearnDiffAtkConfig:
     noise_samples: int = field(default=2, metadata={"help": "(t, noise) draws per prompt and step."})
     objective: str = field(default="teacher", metadata={
         "help": "teacher: match the original model's noise prediction for the prompt on the noisy target latent "
-                "(the diffusion loss without the sampled noise's variance; default, far stronger on the miniature "
-                "world); denoise: the diffusion loss against the sampled noise, as in the paper."})
+                "(the diffusion loss without the sampled noise's variance; default: on the ESD-erased miniature 'red' "
+                "it raised UnlearnDiffAtk's ASR from 50% to 67%); denoise: the diffusion loss against the sampled "
+                "noise, as in the paper."})
     eval_batch: int = field(default=64, metadata={"help": "Candidate prompts per UNet call (method=gcg; lower it "
                                                           "for large models)."})
 
