@@ -199,13 +199,13 @@ class UnlearnDiffAtk(PipelineAttack):
         z0 = torch.stack([t.target_latent for t in targets]).to(ctx.model.device, torch.float32)
         results: dict[int, AttackOutcome] = {}
         queries = dict.fromkeys(range(len(targets)), 0)
+        teacher = ctx.model.cond(ctx.original_encoder, [t.prompt for t in targets]) if cfg.objective == "teacher" \
+            else None
         for restart in range(cfg.restarts):
             remaining = [i for i in range(len(targets)) if i not in results or not results[i].success]
             if not remaining:
                 break
             run_seed = seed * 1_000_003 + restart * 1009
-            teacher = ctx.model.cond(ctx.original_encoder, [targets[i].prompt for i in range(len(targets))]) \
-                if cfg.objective == "teacher" else None
             loss = DenoiseLoss(ctx.model, z0, cfg.t_range, cfg.noise_samples, run_seed, teacher)
             if cfg.method == "gcg":
                 self._run_gcg(ctx, targets, remaining, loss, run_seed, restart, results, queries)

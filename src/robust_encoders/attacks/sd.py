@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..core.diffusion import Conditioning
+from ..core.diffusion import Conditioning, predict_eps
 from ..core.text import TextEncoderPair, encode_from_token_embeds, encode_ids, sdxl_time_ids, tokenize
 
 __all__ = ["Generation", "SDModel"]
@@ -229,16 +229,12 @@ class SDModel:
     def noise_pred(self, cond, z0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The UNet's noise prediction on ``z_t = add_noise(z0, noise, t)`` under ``cond`` (float32)."""
         zt = self.scheduler.add_noise(z0, noise, timesteps)
-        kwargs = {}
         if isinstance(cond, Conditioning):  # SDXL: pooled text_embeds + the time ids of this image size
             f = int(getattr(self.pipe, "vae_scale_factor", 8))
             time_ids = sdxl_time_ids(z0.shape[-2] * f, z0.shape[-1] * f, cond.batch_size, device=self.device,
                                      dtype=self.dtype)
-            kwargs["added_cond_kwargs"] = {"text_embeds": cond.added_cond_kwargs["text_embeds"].to(self.dtype),
-                                           "time_ids": time_ids}
-            cond = cond.encoder_hidden_states
-        return self.unet(zt.to(self.dtype), timesteps.to(self.device), encoder_hidden_states=cond.to(self.dtype),
-                         **kwargs).sample.float()
+            cond = Conditioning(cond.encoder_hidden_states, {**cond.added_cond_kwargs, "time_ids": time_ids})
+        return predict_eps(self.unet, zt.to(self.dtype), timesteps, cond).float()
 
     def denoise_loss(self, cond, z0: torch.Tensor, timesteps: torch.Tensor, noise: torch.Tensor,
                      target: torch.Tensor | None = None) -> torch.Tensor:
