@@ -143,3 +143,45 @@ def test_shipped_detector_meets_accuracy_bar():
 
     acc = detector_accuracy(load_detector(), n=500, seed=2024)
     assert min(acc.values()) >= 0.98, acc
+
+
+def test_refine_stages_keep_the_text_encoder_and_focus_the_batches(tmp_path):
+    """clip_refine / unet_refine continue training, the pipeline's text encoder stays frozen, and an
+    older build folder (config without the refine settings) is extended rather than refused."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from robust_encoders.miniature.build import BuildConfig, build_world, focus_weights
+    from robust_encoders.miniature.concepts import OBJECTS
+
+    small = dict(vae_steps=2, vae_batch=4, detector_steps=2, detector_batch=4, clip_steps=2, clip_batch=4,
+                 unet_steps=2, unet_batch=4, unet_pool=24, checkpoint_every=1, threads=1)
+    out = tmp_path / "w"
+    build_world(out, BuildConfig(**small, stages=("vae", "detector", "clip", "unet")))
+    cfg_file = out / "build_config.json"
+    old = {k: v for k, v in json.loads(cfg_file.read_text()).items() if "refine" not in k}
+    cfg_file.write_text(json.dumps(old))  # as written before the refine stages existed
+    te_before = load_file(out / "stages" / "text_encoder" / "model.safetensors")
+    unet_before = load_file(out / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
+
+    build_world(out, BuildConfig(**small, clip_refine_steps=2, unet_refine_steps=2))
+    assert json.loads(cfg_file.read_text())["unet_refine_steps"] == 2
+    with pytest.raises(ValueError, match="unet_refine_steps"):
+        build_world(out, BuildConfig(**small, clip_refine_steps=2, unet_refine_steps=3))
+
+    refined = load_file(out / "stages" / "unet_refine" / "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(refined[k], unet_before[k]) for k in refined)
+    shipped_te = load_file(out / "weights" / "pipeline" / "text_encoder" / "model.safetensors")
+    for k, v in te_before.items():
+        assert torch.equal(shipped_te[k], v.half()), k  # frozen: identical up to the fp16 cast
+    shipped_unet = load_file(out / "weights" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(shipped_unet[k], refined[k].half()) for k in refined)
+    assert json.loads((out / "build_timings.json").read_text()).keys() >= {"unet", "clip_refine", "unet_refine"}
+
+    objects = np.array([0, 1, 1, 2, 3, 4, 5, 5])
+    w = focus_weights(objects, ("square",), 0.6)
+    assert w[objects == OBJECTS.index("square")].sum() == pytest.approx(0.6)
+    assert focus_weights(objects, (), 0.6) is None
+    with pytest.raises(ValueError, match="unknown object"):
+        BuildConfig(unet_refine_focus=("hexagon",))

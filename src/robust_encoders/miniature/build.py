@@ -1,4 +1,9 @@
-"""Rebuild the miniature world from scratch: VAE -> detector -> CLIP -> UNet + text encoder.
+"""Rebuild the miniature world from scratch: VAE -> detector -> CLIP -> UNet + text encoder -> refinements.
+
+The two refinement stages continue training without touching the pipeline's text encoder:
+``clip_refine`` trains the scoring CLIP further (its text tower only seeded the pipeline's
+text encoder, which is trained with the UNet), ``unet_refine`` continues the UNet with the
+text encoder frozen and part of every batch drawn from the objects it draws worst.
 
 Each stage is seeded and resumable: it writes an atomic checkpoint every
 ``checkpoint_every`` steps into ``OUT/checkpoints/`` and its final weights into ``OUT``.
@@ -28,7 +33,10 @@ from .scenes import sample_scenes
 
 __all__ = ["BuildConfig", "build_world", "STAGES"]
 
-STAGES = ("vae", "detector", "clip", "unet")
+STAGES = ("vae", "detector", "clip", "unet", "clip_refine", "unet_refine")
+#: folder under ``OUT/stages`` whose presence marks a stage as finished
+STAGE_OUTPUT = {"vae": "vae", "detector": "detector", "clip": "clip", "unet": "text_encoder",
+                "clip_refine": "clip_refine", "unet_refine": "unet_refine"}
 _STAGE_ID = {s: i for i, s in enumerate(STAGES)}
 
 
@@ -48,6 +56,12 @@ class BuildConfig:
     unet_batch: int = 64
     unet_lr: float = 5e-4
     unet_pool: int = 40000
+    clip_refine_steps: int = 4000
+    clip_refine_lr: float = 5e-4
+    unet_refine_steps: int = 3000
+    unet_refine_lr: float = 2e-4
+    unet_refine_focus: tuple[str, ...] = ("square", "triangle")
+    unet_refine_focus_p: float = 0.5
     caption_dropout: float = 0.1
     attribute_dropout: float = 0.15
     checkpoint_every: int = 250
@@ -58,6 +72,14 @@ class BuildConfig:
         bad = [s for s in self.stages if s not in STAGES]
         if bad:
             raise ValueError(f"Unknown build stage(s) {bad}; expected a subset of {STAGES}.")
+        from .concepts import OBJECTS
+
+        unknown = [o for o in self.unet_refine_focus if o not in OBJECTS]
+        if unknown:
+            raise ValueError(f"unet_refine_focus names unknown object(s) {unknown}; choose from {OBJECTS}.")
+        if not 0.0 <= self.unet_refine_focus_p <= 1.0:
+            raise ValueError(f"unet_refine_focus_p must lie in [0, 1], got {self.unet_refine_focus_p}.")
+        self.unet_refine_focus = tuple(self.unet_refine_focus)
 
 
 def _rng(cfg: BuildConfig, stage: str, step: int) -> np.random.Generator:
@@ -75,6 +97,12 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -204,17 +232,12 @@ def _tokenize(tok, texts):
     return tok(texts, padding="max_length", max_length=tok.model_max_length, truncation=True, return_tensors="pt").input_ids
 
 
-def train_clip(cfg: BuildConfig, out: Path):
-    from ..tokenization import load_clip_tokenizer
-
-    torch.manual_seed(cfg.seed + 2)
-    tok = load_clip_tokenizer()
-    clip = build_clip()
-    st = _Stage(cfg, out, "clip", {"clip": clip}, cfg.clip_lr, cfg.clip_steps)
+def _clip_loss_fn(cfg: BuildConfig, stage: str, clip, tok):
+    """Contrastive loss on fresh scenes; captions that drop an attribute match every scene sharing the rest."""
     p = cfg.attribute_dropout
 
     def step_fn(step):
-        rng = _rng(cfg, "clip", step)
+        rng = _rng(cfg, stage, step)
         b = sample_scenes(cfg.clip_batch, rng)
         texts, keep_c, keep_s = [], [], []
         for i in range(len(b)):
@@ -227,35 +250,43 @@ def train_clip(cfg: BuildConfig, out: Path):
         ob, co, sy = (torch.from_numpy(a) for a in (b.objects, b.colours, b.styles))
         match = (ob[:, None] == ob[None]) & (~kc | (co[:, None] == co[None])) & (~ks | (sy[:, None] == sy[None]))
         target = match.float()
-        x = _augment(_to_tensor(b.images), _gen(cfg, "clip", step))
+        x = _augment(_to_tensor(b.images), _gen(cfg, stage, step))
         o = clip(input_ids=_tokenize(tok, texts), pixel_values=x * 2 - 1)
         lt = o.logits_per_text
         loss_t = -(target / target.sum(1, keepdim=True) * lt.log_softmax(1)).sum(1).mean()
         loss_i = -(target.T / target.T.sum(1, keepdim=True) * lt.T.log_softmax(1)).sum(1).mean()
         return (loss_t + loss_i) / 2
 
-    secs = st.run(step_fn)
+    return step_fn
+
+
+def train_clip(cfg: BuildConfig, out: Path):
+    from ..tokenization import load_clip_tokenizer
+
+    torch.manual_seed(cfg.seed + 2)
+    clip = build_clip()
+    st = _Stage(cfg, out, "clip", {"clip": clip}, cfg.clip_lr, cfg.clip_steps)
+    secs = st.run(_clip_loss_fn(cfg, "clip", clip, load_clip_tokenizer()))
     clip.save_pretrained(out / "stages" / "clip")
     return secs
 
 
-def train_unet(cfg: BuildConfig, out: Path):
-    from diffusers import AutoencoderKL
-    from transformers import CLIPModel, CLIPTextModel
+def train_clip_refine(cfg: BuildConfig, out: Path):
+    """Continue the scoring CLIP (a fresh cosine cycle); the pipeline's text encoder is not involved."""
+    from transformers import CLIPModel
 
     from ..tokenization import load_clip_tokenizer
 
-    torch.manual_seed(cfg.seed + 3)
-    tok = load_clip_tokenizer()
-    vae = AutoencoderKL.from_pretrained(out / "stages" / "vae").eval().requires_grad_(False)
+    torch.manual_seed(cfg.seed + 4)
     clip = CLIPModel.from_pretrained(out / "stages" / "clip")
-    text_encoder = CLIPTextModel(clip.config.text_config)
-    text_encoder.load_state_dict(clip.text_model.state_dict())
-    del clip
-    unet = build_unet()
-    noise_sched = build_scheduler("ddpm")
-    acp = noise_sched.alphas_cumprod
+    st = _Stage(cfg, out, "clip_refine", {"clip": clip}, cfg.clip_refine_lr, cfg.clip_refine_steps)
+    secs = st.run(_clip_loss_fn(cfg, "clip_refine", clip, load_clip_tokenizer()))
+    clip.save_pretrained(out / "stages" / "clip_refine")
+    return secs
 
+
+def _latent_pool(cfg: BuildConfig, out: Path, vae):
+    """The UNet's training scenes, encoded once: posterior means/stds and the labels."""
     pool = sample_scenes(cfg.unet_pool, np.random.default_rng([cfg.seed, 1234]))
     means, stds = [], []
     with torch.no_grad():
@@ -263,15 +294,21 @@ def train_unet(cfg: BuildConfig, out: Path):
             post = vae.encode(_to_tensor(pool.images[i : i + 500]) * 2 - 1).latent_dist
             means.append(post.mean)
             stds.append(post.std)
-    means, stds = torch.cat(means), torch.cat(stds)
+    return pool, torch.cat(means), torch.cat(stds)
+
+
+def _unet_loss_fn(cfg: BuildConfig, stage: str, unet, text_encoder, tok, vae, pool, means, stds, weights=None):
+    """Noise-prediction loss on pooled latents; ``weights`` (per pool item) biases which scenes are drawn."""
+    acp = build_scheduler("ddpm").alphas_cumprod
     sf = vae.config.scaling_factor
 
-    st = _Stage(cfg, out, "unet", {"unet": unet, "text_encoder": text_encoder}, cfg.unet_lr, cfg.unet_steps)
-
     def step_fn(step):
-        rng = _rng(cfg, "unet", step)
-        g = _gen(cfg, "unet", step)
-        idx = rng.integers(0, len(pool), cfg.unet_batch)
+        rng = _rng(cfg, stage, step)
+        g = _gen(cfg, stage, step)
+        if weights is None:
+            idx = rng.integers(0, len(pool), cfg.unet_batch)
+        else:
+            idx = rng.choice(len(pool), cfg.unet_batch, p=weights)
         texts = []
         for i in idx:
             if rng.random() < cfg.caption_dropout:
@@ -288,9 +325,71 @@ def train_unet(cfg: BuildConfig, out: Path):
         cond = text_encoder(_tokenize(tok, texts))[0]
         return F.mse_loss(unet(zt, t, cond).sample, noise)
 
-    secs = st.run(step_fn)
+    return step_fn
+
+
+def train_unet(cfg: BuildConfig, out: Path):
+    from diffusers import AutoencoderKL
+    from transformers import CLIPModel, CLIPTextModel
+
+    from ..tokenization import load_clip_tokenizer
+
+    torch.manual_seed(cfg.seed + 3)
+    vae = AutoencoderKL.from_pretrained(out / "stages" / "vae").eval().requires_grad_(False)
+    clip = CLIPModel.from_pretrained(out / "stages" / "clip")
+    text_encoder = CLIPTextModel(clip.config.text_config)
+    text_encoder.load_state_dict(clip.text_model.state_dict())
+    del clip
+    unet = build_unet()
+    pool, means, stds = _latent_pool(cfg, out, vae)
+    st = _Stage(cfg, out, "unet", {"unet": unet, "text_encoder": text_encoder}, cfg.unet_lr, cfg.unet_steps)
+    secs = st.run(_unet_loss_fn(cfg, "unet", unet, text_encoder, load_clip_tokenizer(), vae, pool, means, stds))
     unet.save_pretrained(out / "stages" / "unet")
     text_encoder.save_pretrained(out / "stages" / "text_encoder")
+    return secs
+
+
+def focus_weights(objects: np.ndarray, focus: tuple[str, ...], focus_p: float) -> np.ndarray | None:
+    """Per-scene sampling probabilities: scenes of ``focus`` objects share ``focus_p`` of the mass.
+
+    >>> w = focus_weights(np.array([0, 1, 1, 2]), ("square",), 0.5)   # object 1 is the square
+    >>> [round(float(x), 3) for x in w]
+    [0.25, 0.25, 0.25, 0.25]
+    >>> [round(float(x), 3) for x in focus_weights(np.array([0, 1, 2, 3]), ("square",), 0.5)]
+    [0.167, 0.5, 0.167, 0.167]
+    """
+    from .concepts import OBJECTS
+
+    if not focus:
+        return None
+    is_focus = np.isin(objects, [OBJECTS.index(o) for o in focus])
+    if is_focus.all() or not is_focus.any():
+        return None
+    w = np.where(is_focus, focus_p / is_focus.sum(), (1 - focus_p) / (~is_focus).sum())
+    return w / w.sum()
+
+
+def train_unet_refine(cfg: BuildConfig, out: Path):
+    """Continue the UNet (fresh cosine cycle) with the pipeline's text encoder frozen.
+
+    Freezing the text encoder keeps it the one every robust encoder is fine-tuned from; a share
+    ``unet_refine_focus_p`` of every batch shows the objects in ``unet_refine_focus``.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from ..tokenization import load_clip_tokenizer
+
+    torch.manual_seed(cfg.seed + 5)
+    vae = AutoencoderKL.from_pretrained(out / "stages" / "vae").eval().requires_grad_(False)
+    text_encoder = CLIPTextModel.from_pretrained(out / "stages" / "text_encoder").eval().requires_grad_(False)
+    unet = UNet2DConditionModel.from_pretrained(out / "stages" / "unet")
+    pool, means, stds = _latent_pool(cfg, out, vae)
+    w = focus_weights(pool.objects, cfg.unet_refine_focus, cfg.unet_refine_focus_p)
+    st = _Stage(cfg, out, "unet_refine", {"unet": unet}, cfg.unet_refine_lr, cfg.unet_refine_steps)
+    secs = st.run(_unet_loss_fn(cfg, "unet_refine", unet, text_encoder, load_clip_tokenizer(), vae, pool, means,
+                                stds, weights=w))
+    unet.save_pretrained(out / "stages" / "unet_refine")
     return secs
 
 
@@ -303,17 +402,22 @@ def assemble(out: Path) -> Path:
     from .io import assemble_weights
 
     s = out / "stages"
+    unet_dir = s / "unet_refine" if (s / "unet_refine").exists() else s / "unet"
+    clip_dir = s / "clip_refine" if (s / "clip_refine").exists() else s / "clip"
     pipe = StableDiffusionPipeline(
         vae=AutoencoderKL.from_pretrained(s / "vae"),
         text_encoder=CLIPTextModel.from_pretrained(s / "text_encoder"),
         tokenizer=load_clip_tokenizer(),
-        unet=UNet2DConditionModel.from_pretrained(s / "unet"),
+        unet=UNet2DConditionModel.from_pretrained(unet_dir),
         scheduler=build_scheduler("ddim"),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    return assemble_weights(pipe, CLIPModel.from_pretrained(s / "clip"), s / "detector", out / "weights")
+    return assemble_weights(pipe, CLIPModel.from_pretrained(clip_dir), s / "detector", out / "weights")
+
+
+_NOT_COMPARED = ("stages", "threads")  # may change between resumes without changing the result
 
 
 def build_world(out: str | os.PathLike, cfg: BuildConfig | None = None) -> dict:
@@ -324,27 +428,31 @@ def build_world(out: str | os.PathLike, cfg: BuildConfig | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg_file = out / "build_config.json"
+    new = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _NOT_COMPARED}))
     if cfg_file.exists():
-        old = json.loads(cfg_file.read_text())
-        old.pop("stages", None)
-        new = {k: v for k, v in asdict(cfg).items() if k != "stages"}
-        if old != new:
+        old = {k: v for k, v in json.loads(cfg_file.read_text()).items() if k not in _NOT_COMPARED}
+        added = {k: v for k, v in new.items() if k not in old}  # settings of stages added since that build began
+        if {**old, **added} != new:
+            diff = sorted(k for k in new if old.get(k, new[k]) != new[k])
             raise ValueError(
-                f"{out} holds a build with a different config ({cfg_file}); resume with the same settings "
-                "or choose another --out."
+                f"{out} holds a build with a different config ({cfg_file}: {diff} differ); resume with the same "
+                "settings or choose another --out."
             )
+        if added:
+            _atomic_write_text(cfg_file, json.dumps({**json.loads(cfg_file.read_text()), **added}, indent=2))
     else:
-        cfg_file.write_text(json.dumps(asdict(cfg), indent=2))
-    fns = {"vae": train_vae, "detector": train_detector, "clip": train_clip, "unet": train_unet}
+        _atomic_write_text(cfg_file, json.dumps(json.loads(json.dumps(asdict(cfg))), indent=2))
+    fns = {"vae": train_vae, "detector": train_detector, "clip": train_clip, "unet": train_unet,
+           "clip_refine": train_clip_refine, "unet_refine": train_unet_refine}
     timings_file = out / "build_timings.json"
-    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     for stage in cfg.stages:
-        done = out / "stages" / ("text_encoder" if stage == "unet" else stage)
-        if done.exists():
+        if (out / "stages" / STAGE_OUTPUT[stage]).exists():
             continue
         secs = fns[stage](cfg, out)
+        timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # re-read: stages may run side by side
         timings[stage] = timings.get(stage, 0.0) + secs
-        timings_file.write_text(json.dumps(timings, indent=2))
+        _atomic_write_text(timings_file, json.dumps(timings, indent=2))
+    timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     if all((out / "stages" / d).exists() for d in ("vae", "detector", "clip", "unet", "text_encoder")):
         assemble(out)
     return timings

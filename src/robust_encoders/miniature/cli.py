@@ -15,6 +15,8 @@ _EPILOG = """examples:
 
 
 def register(subparsers) -> None:
+    from .build import STAGES
+
     p = subparsers.add_parser(
         "miniature",
         help="the embedded miniature text-to-image world (build, report, generate)",
@@ -28,9 +30,11 @@ def register(subparsers) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     b.add_argument("--out", required=True, help="output folder; re-running resumes from its checkpoints")
     b.add_argument("--seed", type=int, default=0)
-    for name in ("vae", "detector", "clip", "unet"):
-        b.add_argument(f"--{name}-steps", type=int, default=None, help=f"training steps of the {name} stage")
-    b.add_argument("--stages", nargs="+", default=None, help="subset of stages to run (vae detector clip unet)")
+    for name in STAGES:
+        b.add_argument(f"--{name.replace('_', '-')}-steps", type=int, default=None,
+                       help=f"training steps of the {name} stage")
+    b.add_argument("--stages", nargs="+", default=None, choices=STAGES, metavar="STAGE",
+                   help=f"subset of stages to run ({' '.join(STAGES)})")
     b.add_argument("--threads", type=int, default=0, help="torch threads (0 = default)")
     b.set_defaults(func=_build)
 
