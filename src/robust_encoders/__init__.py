@@ -5,7 +5,7 @@ Importing the package is cheap: torch, transformers and diffusers load only when
 Example:
     >>> import robust_encoders as re_
     >>> [spec.name for spec in re_.list_pretrained()]
-    ['nudity', 'vangogh', 'church', 'garbage_truck', 'parachute', 'tench']
+    ['nudity', 'vangogh', 'church', 'garbage_truck', 'parachute', 'tench', 'miniature/star', 'miniature/red', 'miniature/stripes']
     >>> pipe = re_.apply_robust_encoder(pipe, "nudity")   # doctest: +SKIP
 """
 

@@ -318,7 +318,7 @@ def list_pretrained(*, concept_kind: str | None = None, family: str | None = Non
     """All registered encoders in registry order, optionally filtered by concept kind and/or base family.
 
     >>> [s.name for s in list_pretrained(concept_kind="style")]
-    ['vangogh']
+    ['vangogh', 'miniature/stripes']
     """
     specs = list(_registry())
     if concept_kind is not None:

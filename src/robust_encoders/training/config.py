@@ -23,7 +23,7 @@ Example:
     >>> apply_overrides(cfg, ["atack.steps=5"])
     Traceback (most recent call last):
     ...
-    robust_encoders.training.config.ConfigError: Unknown config key 'atack.steps'. Did you mean 'attack.steps'?
+    robust_encoders.training.config.ConfigError: Unknown config key 'atack.steps'. Did you mean 'attack.steps' or 'anchor.steps'?
 """
 
 from __future__ import annotations
