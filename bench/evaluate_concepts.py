@@ -9,6 +9,11 @@ Rows (per concept):
     ours+<opt>  opt-in (--rows): one trainer option on top of "ours" (anchor, neighbors, surgery, eot, derived),
                 and ours+combo (anchor + neighbors + surgery + eot); see README "Trainer options"
 
+Besides the five attacks at their defaults (UnlearnDiffAtk: 3 prefix tokens for objects, colours and styles, as
+in the paper), every row gets a column "unlearndiffatk k=5" (``--uda-k``): the same attack with 5 tokens, the
+setting the trainer issue states its robustness bar in. A table made before that column existed is completed
+without recomputing the rest.
+
 Trained encoders are cached in ``--runs-dir`` (an existing finished run is reused, an interrupted one
 resumed), every evaluation result is written to ``--out/<concept>-<row>.json`` and the table to
 ``--out/evaluate_concepts.md``, headed by the exact command that made it.
@@ -92,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="Extra training override for one row (repeatable).")
     p.add_argument("--eval-set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
                    help="Attack setting override (repeatable).")
+    p.add_argument("--uda-k", type=int, default=5,
+                   help="Also run UnlearnDiffAtk with this many tokens as its own column (0: skip).")
     p.add_argument("--recompute", action="store_true",
                    help="Re-evaluate rows whose <concept>-<row>.json already exists in --out (default: reuse them, "
                         "so an interrupted benchmark resumes and several invocations build one table).")
@@ -154,28 +161,49 @@ def main(argv: list[str] | None = None) -> int:
         save_asr_chart(results, out / "evaluate_concepts.png")
         return table
 
+    uda_col = f"unlearndiffatk k={args.uda_k}"
+
+    def uda_k_asr(encoder, concept: str, row: str) -> tuple[float, float]:
+        """ASR (and seconds) of UnlearnDiffAtk with ``--uda-k`` tokens; details saved beside the row's."""
+        over = parse_overrides(args.eval_set)
+        over["unlearndiffatk"] = {**over.get("unlearndiffatk", {}), "k": args.uda_k}
+        cfg = EvalConfig(concept=concept, n_prompts=args.n_prompts, n_retain=0, seed=args.seed,
+                         attacks=("unlearndiffatk",), attack_overrides=over)
+        print(f"[bench] evaluating {concept}/{row} with {uda_col}", flush=True)
+        res = evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=row)
+        res.save(out / f"{concept}-{row}" / f"unlearndiffatk-k{args.uda_k}")
+        return res.summary["asr"]["unlearndiffatk"], res.summary["timing_s"]["total"]
+
     for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         for row in rows:
-            if (out / f"{concept}-{row}.json").exists() and not args.recompute:
-                print(f"[bench] reusing {out / f'{concept}-{row}.json'} (--recompute to redo it)", flush=True)
+            path = out / f"{concept}-{row}.json"
+            summary = json.loads(path.read_text()) if path.exists() and not args.recompute else None
+            if summary is not None and (not args.uda_k or uda_col in summary["asr"]):
+                print(f"[bench] reusing {path} (--recompute to redo it)", flush=True)
                 continue
             train_time = None
             if row == "original":
-                encoder, label = pipe.text_encoder, "original"
+                encoder = pipe.text_encoder
             else:
                 run, train_time = _train(concept, row, ROWS[row] + extra.get(row, []), runs_dir)
                 encoder, _ = load_encoder_for_eval(run, pipe=pipe)
-                label = row
-            cfg = EvalConfig(concept=concept, n_prompts=args.n_prompts, n_retain=args.n_retain, seed=args.seed,
-                             attacks=attacks, attack_overrides=parse_overrides(args.eval_set))
-            print(f"[bench] evaluating {concept}/{row}", flush=True)
-            res = evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=label)
-            res.save(out / f"{concept}-{row}")
-            summary = dict(res.summary)
-            summary["training time (s)"] = train_time
-            summary["original Pre-ASR"] = f"{100 * res.details['original_pre_asr']:.1f}%"
-            summary["command"] = command
-            (out / f"{concept}-{row}.json").write_text(json.dumps(summary, indent=2) + "\n")
+            if summary is None:
+                cfg = EvalConfig(concept=concept, n_prompts=args.n_prompts, n_retain=args.n_retain, seed=args.seed,
+                                 attacks=attacks, attack_overrides=parse_overrides(args.eval_set))
+                print(f"[bench] evaluating {concept}/{row}", flush=True)
+                res = evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=row)
+                res.save(out / f"{concept}-{row}")
+                summary = dict(res.summary)
+                summary["training time (s)"] = train_time
+                summary["original Pre-ASR"] = f"{100 * res.details['original_pre_asr']:.1f}%"
+                summary["command"] = command
+            else:
+                print(f"[bench] {path} lacks the '{uda_col}' column: adding it", flush=True)
+            if args.uda_k:
+                summary["asr"][uda_col], secs = uda_k_asr(encoder, concept, row)
+                summary["timing_s"][uda_col] = secs
+                summary["timing_s"]["total"] = summary["timing_s"].get("total", 0.0) + secs
+            path.write_text(json.dumps(summary, indent=2) + "\n")
             write_table(final=False)
             print(markdown_table([summary], extra_columns=["training time (s)"]), flush=True)
     table = write_table(final=True)
