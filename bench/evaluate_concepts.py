@@ -7,7 +7,8 @@ Rows (per concept):
     ours        the project's default miniature recipe
     lora        the default recipe with LoRA adapters               (train ... trainable.part=lora)
     ours+<opt>  opt-in (--rows): one trainer option on top of "ours" (anchor, neighbors, surgery, eot, derived),
-                and ours+combo (anchor + neighbors + surgery + eot); see README "Trainer options"
+                and ours+combo (anchor + neighbors + surgery + eot); see README "Trainer options";
+                ours+long: the default recipe with 600 iterations and 16 attack steps
 
 Besides the five attacks at their defaults (UnlearnDiffAtk: 3 prefix tokens for objects, colours and styles, as
 in the paper), every row gets a column "unlearndiffatk k=5" (``--uda-k``): the same attack with 5 tokens, the
@@ -53,6 +54,8 @@ ROWS: dict[str, list[str]] = {
     "ours+eot": ["token_focus.mode=eot"],
     "ours+derived": ["attack.mode=derived"],
     "ours+combo": ["anchor.kind=adversarial", "neighbors.k=4", "optim.grad_surgery=per_tensor", "token_focus.mode=eot"],
+    # a longer budget for the default recipe: twice the iterations, twice the attack steps
+    "ours+long": ["iterations=600", "attack.steps=16"],
 }
 #: Rows built when --rows is not given (the method comparison; the option rows are opt-in).
 DEFAULT_ROWS = ["original", "esd", "advunlearn", "ours", "lora"]
