@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from ..fileio import atomic_write_text
 from .captions import caption
 from .models import ConceptDetector, build_clip, build_scheduler, build_unet, build_vae
 from .scenes import sample_scenes
@@ -97,12 +98,6 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
     os.replace(tmp, path)
 
 
@@ -285,7 +280,7 @@ def train_clip_refine(cfg: BuildConfig, out: Path):
     return secs
 
 
-def _latent_pool(cfg: BuildConfig, out: Path, vae):
+def _latent_pool(cfg: BuildConfig, vae):
     """The UNet's training scenes, encoded once: posterior means/stds and the labels."""
     pool = sample_scenes(cfg.unet_pool, np.random.default_rng([cfg.seed, 1234]))
     means, stds = [], []
@@ -341,7 +336,7 @@ def train_unet(cfg: BuildConfig, out: Path):
     text_encoder.load_state_dict(clip.text_model.state_dict())
     del clip
     unet = build_unet()
-    pool, means, stds = _latent_pool(cfg, out, vae)
+    pool, means, stds = _latent_pool(cfg, vae)
     st = _Stage(cfg, out, "unet", {"unet": unet, "text_encoder": text_encoder}, cfg.unet_lr, cfg.unet_steps)
     secs = st.run(_unet_loss_fn(cfg, "unet", unet, text_encoder, load_clip_tokenizer(), vae, pool, means, stds))
     unet.save_pretrained(out / "stages" / "unet")
@@ -384,7 +379,7 @@ def train_unet_refine(cfg: BuildConfig, out: Path):
     vae = AutoencoderKL.from_pretrained(out / "stages" / "vae").eval().requires_grad_(False)
     text_encoder = CLIPTextModel.from_pretrained(out / "stages" / "text_encoder").eval().requires_grad_(False)
     unet = UNet2DConditionModel.from_pretrained(out / "stages" / "unet")
-    pool, means, stds = _latent_pool(cfg, out, vae)
+    pool, means, stds = _latent_pool(cfg, vae)
     w = focus_weights(pool.objects, cfg.unet_refine_focus, cfg.unet_refine_focus_p)
     st = _Stage(cfg, out, "unet_refine", {"unet": unet}, cfg.unet_refine_lr, cfg.unet_refine_steps)
     secs = st.run(_unet_loss_fn(cfg, "unet_refine", unet, text_encoder, load_clip_tokenizer(), vae, pool, means,
@@ -439,9 +434,9 @@ def build_world(out: str | os.PathLike, cfg: BuildConfig | None = None) -> dict:
                 "settings or choose another --out."
             )
         if added:
-            _atomic_write_text(cfg_file, json.dumps({**json.loads(cfg_file.read_text()), **added}, indent=2))
+            atomic_write_text(cfg_file, json.dumps({**json.loads(cfg_file.read_text()), **added}, indent=2))
     else:
-        _atomic_write_text(cfg_file, json.dumps(json.loads(json.dumps(asdict(cfg))), indent=2))
+        atomic_write_text(cfg_file, json.dumps(asdict(cfg), indent=2))
     fns = {"vae": train_vae, "detector": train_detector, "clip": train_clip, "unet": train_unet,
            "clip_refine": train_clip_refine, "unet_refine": train_unet_refine}
     timings_file = out / "build_timings.json"
@@ -451,7 +446,7 @@ def build_world(out: str | os.PathLike, cfg: BuildConfig | None = None) -> dict:
         secs = fns[stage](cfg, out)
         timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}  # re-read: stages may run side by side
         timings[stage] = timings.get(stage, 0.0) + secs
-        _atomic_write_text(timings_file, json.dumps(timings, indent=2))
+        atomic_write_text(timings_file, json.dumps(timings, indent=2))
     timings = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     if all((out / "stages" / d).exists() for d in ("vae", "detector", "clip", "unet", "text_encoder")):
         assemble(out)

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from ..core.diffusion import Conditioning, latent_shape, predict_eps
 from ..core.text import TextEncoderPair, encode_from_token_embeds, encode_ids, sdxl_time_ids, tokenize
+from ..fileio import atomic_write_text as _atomic_write
 from . import checkpoint as ckpt
 from .config import MINIATURE, ConfigError, TrainConfig, apply_overrides, load_recipe
 from .prompts import (
@@ -1037,15 +1038,6 @@ class Trainer:
                        "replicas_identical": self.replicas_identical})
         self.acc.wait_for_everyone()
         return self.run_dir
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".tmp-{path.name}")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def train(
