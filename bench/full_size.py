@@ -3,13 +3,15 @@
 For each model it runs 2 training iterations of
 
 * ``default``: the shipped recipe (``recipes/vangogh.yaml``: AdvUnlearn's hyper-parameters plus our engine:
-  pooled frozen-model trajectories, one shared UNet, cached frozen-encoder outputs, micro-batch 1), and
+  pooled frozen-model trajectories, one shared UNet, cached frozen-encoder outputs, micro-batch 1),
+* ``default+ckpt``: the same with ``engine.gradient_checkpointing=true`` (the UNet's block activations are recomputed
+  in the backward pass instead of kept: less peak memory, one more UNet forward per backward, same gradient), and
 * ``reference``: AdvUnlearn's reference settings and structure (``ADVUNLEARN`` + ``REFERENCE_ENGINE`` of
   ``bench/train_speed.py``: fresh x_t every iteration, a second frozen UNet, the frozen encoder re-run, separate
   UNet passes per loss term),
 
-each in its own process (so peak memory is that configuration's alone), and prints side by side: time per
-iteration, UNet passes per iteration and peak memory (CPU: the process's peak RSS from ``getrusage``; CUDA:
+each (or those ``--settings`` names) in its own process (so peak memory is that configuration's alone), and prints
+side by side: time per iteration, UNet passes per iteration and peak memory (CPU: the process's peak RSS from ``getrusage``; CUDA:
 ``torch.cuda.max_memory_allocated``).
 
 Full settings (30 attack steps, DDIM 50) take minutes per iteration on a CPU, so the measured iterations run
@@ -60,6 +62,12 @@ from train_speed import (  # noqa: E402  (bench/ is not a package)
 RECIPE = ROOT / "recipes" / "vangogh.yaml"
 MODELS = ("sd15", "sd21", "sdxl")
 NAMES = {"sd15": "SD-1.5", "sd21": "SD-2.1", "sdxl": "SDXL"}
+#: Configurations compared side by side (overrides on top of the recipe).
+SETTINGS: dict[str, list[str]] = {
+    "default": [],                                                  # the shipped recipe
+    "default+ckpt": ["engine.gradient_checkpointing=true"],        # + UNet activations recomputed in the backward
+    "reference": [*ADVUNLEARN, *REFERENCE_ENGINE],                  # AdvUnlearn's settings and structure
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -150,6 +158,8 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=2, help="Training iterations run per configuration.")
     ap.add_argument("--attack-steps", type=int, default=1, help="Attack steps actually run (full: the recipe's 30).")
     ap.add_argument("--ddim-steps", type=int, default=2, help="DDIM steps actually run (full: the recipe's 50).")
+    ap.add_argument("--settings", default="default,default+ckpt,reference",
+                    help=f"Comma-separated configurations to run, side by side: {', '.join(SETTINGS)}.")
     ap.add_argument("--sdxl-encoders", default="both", help="SDXL: model.encoders (both, text_encoder, text_encoder_2).")
     ap.add_argument("--out", default=None, help="Markdown file (default: bench/results/full_size_<device>.md).")
     args = ap.parse_args(argv)
@@ -168,25 +178,28 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown model(s) {bad}; choose from {', '.join(MODELS)}")
     small = [f"iterations={args.iterations}", f"attack.steps={args.attack_steps}", f"unlearn.ddim_steps={args.ddim_steps}",
              f"model.device={device}", "sampling.pool=1", "sampling.retain_pool=1", "sampling.refresh=1"]
+    chosen = [k.strip() for k in args.settings.split(",") if k.strip()]
+    if not chosen or any(k not in SETTINGS for k in chosen):
+        raise SystemExit(f"--settings takes a comma-separated subset of {', '.join(SETTINGS)}; got {args.settings!r}")
     rows, notes = [], []
     t_all = time.perf_counter()
     for m in models:
         base = [*COMMON, f"model.base_model={m}-random-weights"]
         if m == "sdxl":
             base.append(f"model.encoders={args.sdxl_encoders}")
-        settings = {"default": [], "reference": [*ADVUNLEARN, *REFERENCE_ENGINE]}
-        for key, extra in settings.items():
-            measured = [*base, *extra, *small] if key == "default" else [
+        for key in chosen:
+            extra = SETTINGS[key]
+            measured = [*base, *extra, *small] if key != "reference" else [
                 *base, *extra, *[o for o in small if not o.startswith("sampling.")]]
             full_cfg = load_recipe(RECIPE, [*base, *extra])
             t0 = time.perf_counter()
             print(f"[full_size] {m}/{key}: {' '.join(measured)}", flush=True)
             res = run_config(dict(name=f"{m}/{key}", model=m, recipe=str(RECIPE), overrides=measured), script=__file__)
-            if key == "default":  # scale to the recipe's refresh period, not the one used while measuring
+            if key != "reference":  # scale to the recipe's refresh period, not the one used while measuring
                 for pool in res["pools"].values():
                     pool["refresh_every"] = full_cfg.sampling.refresh_every
             est, units = scaled_iteration(res, attack_steps_run=args.attack_steps, attack_steps=full_cfg.attack.steps,
-                                          ddim_steps=full_cfg.unlearn.ddim_steps, ours=key == "default")
+                                          ddim_steps=full_cfg.unlearn.ddim_steps, ours=key != "reference")
             passes, split = full_passes(full_cfg)
             steps = res["steps"]
             rows.append([NAMES[m], key, measured_iteration(res), [s.get("unet_calls") for s in steps], est, passes,
@@ -223,7 +236,9 @@ def main(argv=None) -> int:
         "calls per fresh x_t for the concept and the retain batch (reference) or 50 CFG calls per refresh / "
         "refresh_every (default). UNet calls at full settings are counted from the recipe.",
         "- Peak memory is measured and does not depend on the number of steps: the reference holds a second frozen "
-        "UNet (`engine.share_unet=false`); both back-propagate one sample at a time (`engine.micro_batch=1`). On a CPU "
+        "UNet (`engine.share_unet=false`); all back-propagate one sample at a time (`engine.micro_batch=1`); "
+        "`default+ckpt` also recomputes the UNet's block activations in the backward pass instead of keeping them "
+        "(`engine.gradient_checkpointing=true`, same gradient). On a CPU "
         "everything runs in fp32; on a GPU the recipe keeps the frozen UNet and encoder in bf16 (`model.dtype=auto`).",
         "- No VAE is built: training works on latents only.",
     ]

@@ -172,12 +172,26 @@ def test_two_processes_keep_identical_replicas(tmp_path):
     assert (ck / "rng_rank0.safetensors").is_file() and (ck / "rng_rank1.safetensors").is_file()
 
 
-def test_micro_batches_give_the_same_update(tmp_path):
-    """Back-propagating sample by sample (engine.micro_batch=1, the SD recipes' memory saver) = one fused pass."""
+def test_micro_batches_give_the_same_update(tmp_path, monkeypatch):
+    """Back-propagating sample by sample (engine.micro_batch=1, the SD recipes' memory saver) = one fused pass; so
+    does recomputing the UNet's activations in the backward pass (engine.gradient_checkpointing=true)."""
+    import torch.utils.checkpoint
+
+    real, recomputed = torch.utils.checkpoint.checkpoint, []
+
+    def counting_checkpoint(*args, **kwargs):  # a spy: the real function runs
+        recomputed.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.utils.checkpoint, "checkpoint", counting_checkpoint)
     ov = TINY + ["iterations=2", "retain.batch_size=3", "optim.optimizer=sgd", "optim.lr=1.0"]  # SGD: Δw ∝ gradient
     fused = _weights(train("star", ov, output_dir=tmp_path / "a"))
     micro = _weights(train("star", [*ov, "engine.micro_batch=1"], output_dir=tmp_path / "b"))
     split = _weights(train("star", [*ov, "engine.fused_unet_batch=false"], output_dir=tmp_path / "c"))
+    assert not recomputed
+    ckpt = _weights(train("star", [*ov, "engine.gradient_checkpointing=true"], output_dir=tmp_path / "d"))
     for k in fused:
         torch.testing.assert_close(micro[k], fused[k], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(split[k], fused[k], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(ckpt[k], fused[k], atol=1e-5, rtol=1e-4)
+    assert recomputed, "engine.gradient_checkpointing=true must route the UNet blocks through torch's checkpoint"

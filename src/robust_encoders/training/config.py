@@ -412,6 +412,15 @@ class EngineConfig(_Section):
         },
     )
 
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "Recompute the frozen UNet's block activations during back-propagation instead of keeping them "
+            "(diffusers' enable_gradient_checkpointing): less peak memory for one more UNet forward per backward. "
+            "Only passes that back-propagate (attack and update) are affected; the gradient is the same."
+        },
+    )
+
     def validate(self) -> None:
         _check(isinstance(self.micro_batch, int) and self.micro_batch >= 0, "engine.micro_batch must be an integer >= 0.")
 

@@ -390,6 +390,9 @@ class Trainer:
         self.tokenizer, self.scheduler, self.family = base.tokenizer, base.scheduler, base.family
         self.unet = base.unet
         self.unet_orig = self.unet if cfg.engine.share_unet else copy.deepcopy(self.unet)
+        if cfg.engine.gradient_checkpointing:
+            # only the branch that back-propagates into the encoder; frozen-target passes run under no_grad anyway
+            self.unet.enable_gradient_checkpointing()
         te = base.text_encoder
         self.slots = ["text_encoder"]  # the pipeline encoders this run trains (and saves)
         self.time_ids = None
