@@ -34,13 +34,14 @@ import sys
 import time
 from pathlib import Path
 
+#: esd and advunlearn keep the budget they were measured with (the default recipe now runs 600 iterations)
+BASELINE_BUDGET = "iterations=300"
 ROWS: dict[str, list[str]] = {
     "original": [],
-    # esd and advunlearn keep the budget they were measured with (300 iterations; the default recipe now runs 600)
-    "esd": ["iterations=300", "attack.enabled=false"],
+    "esd": [BASELINE_BUDGET, "attack.enabled=false"],
     # AdvUnlearn's reference algorithm (1 continuous prefix token, 30 attack steps at lr 1e-3 warm-started,
     # adversarial prompt only, fresh x_t every iteration, 5 retain prompts) on the miniature iteration budget
-    "advunlearn": ["iterations=300", "attack.enabled=true", "attack.mode=continuous", "attack.k=1", "attack.steps=30",
+    "advunlearn": [BASELINE_BUDGET, "attack.enabled=true", "attack.mode=continuous", "attack.k=1", "attack.steps=30",
                    "attack.lr=0.001", "attack.position=prefix", "attack.optimizer=adam", "attack.init=warm",
                    "unlearn.include_clean=false", "sampling.pool=0", "sampling.retain_pool=0",
                    "retain.batch_size=5", "retain.include_empty=false"],

@@ -11,8 +11,8 @@ For each model it runs 2 training iterations of
   UNet passes per loss term),
 
 each (or those ``--settings`` names) in its own process (so peak memory is that configuration's alone), and prints
-side by side: time per iteration, UNet passes per iteration and peak memory (CPU: the process's peak RSS from ``getrusage``; CUDA:
-``torch.cuda.max_memory_allocated``).
+side by side: time per iteration, UNet passes per iteration and peak memory (CPU: the process's peak RSS from
+``getrusage``; CUDA: ``torch.cuda.max_memory_allocated``).
 
 Full settings (30 attack steps, DDIM 50) take minutes per iteration on a CPU, so the measured iterations run
 ``--attack-steps`` attack steps and ``--ddim-steps`` DDIM steps; the full-setting time per iteration is *computed*
@@ -188,18 +188,18 @@ def main(argv=None) -> int:
         if m == "sdxl":
             base.append(f"model.encoders={args.sdxl_encoders}")
         for key in chosen:
-            extra = SETTINGS[key]
-            measured = [*base, *extra, *small] if key != "reference" else [
+            extra, ours = SETTINGS[key], key != "reference"  # ours: pooled trajectories, to be scaled as such
+            measured = [*base, *extra, *small] if ours else [
                 *base, *extra, *[o for o in small if not o.startswith("sampling.")]]
             full_cfg = load_recipe(RECIPE, [*base, *extra])
             t0 = time.perf_counter()
             print(f"[full_size] {m}/{key}: {' '.join(measured)}", flush=True)
             res = run_config(dict(name=f"{m}/{key}", model=m, recipe=str(RECIPE), overrides=measured), script=__file__)
-            if key != "reference":  # scale to the recipe's refresh period, not the one used while measuring
+            if ours:  # scale to the recipe's refresh period, not the one used while measuring
                 for pool in res["pools"].values():
                     pool["refresh_every"] = full_cfg.sampling.refresh_every
             est, units = scaled_iteration(res, attack_steps_run=args.attack_steps, attack_steps=full_cfg.attack.steps,
-                                          ddim_steps=full_cfg.unlearn.ddim_steps, ours=key != "reference")
+                                          ddim_steps=full_cfg.unlearn.ddim_steps, ours=ours)
             passes, split = full_passes(full_cfg)
             steps = res["steps"]
             rows.append([NAMES[m], key, measured_iteration(res), [s.get("unet_calls") for s in steps], est, passes,
