@@ -195,3 +195,25 @@ def test_micro_batches_give_the_same_update(tmp_path, monkeypatch):
         torch.testing.assert_close(split[k], fused[k], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(ckpt[k], fused[k], atol=1e-5, rtol=1e-4)
     assert recomputed, "engine.gradient_checkpointing=true must route the UNet blocks through torch's checkpoint"
+
+
+def test_frozen_encoder_is_released_once_its_outputs_are_cached(tmp_path):
+    """engine.release_original_encoder (default): the frozen encoder copy is freed after caching its outputs for
+    every prompt the run uses, with the same trained weights as keeping it; options that encode new text with it keep
+    it; asking the released encoder for a prompt it never saw is an error that says what to switch."""
+    ov = TINY + ["iterations=3"]
+    released = Trainer(resolve_config("star", ov), tmp_path / "x")
+    released._setup()
+    assert released.te_orig is None
+    assert {"", *released.forget_prompts, *released.retain_prompts} <= set(released._orig_cache)
+    with pytest.raises(RuntimeError, match="release_original_encoder=false"):
+        released._orig_hidden(["a prompt the run never uses"])
+    for option in ("anchor.kind=adversarial", "engine.release_original_encoder=false", "engine.cache_original=false"):
+        kept = Trainer(resolve_config("star", [*ov, option]), tmp_path / option)
+        kept._setup()
+        assert kept.te_orig is not None, option
+    a = _weights(train("star", ov, output_dir=tmp_path / "a"))
+    b = _weights(train("star", [*ov, "engine.release_original_encoder=false"], output_dir=tmp_path / "b"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k

@@ -421,6 +421,15 @@ class EngineConfig(_Section):
         },
     )
 
+    release_original_encoder: bool = field(
+        default=True,
+        metadata={
+            "help": "Once the frozen encoder's outputs for every prompt the run uses are cached, free the frozen "
+            "encoder copy (one text encoder less in memory; same results). Needs engine.cache_original; kept when an "
+            "option encodes new text with it (anchor.kind=adversarial, neighbors, token_focus.mode=eot)."
+        },
+    )
+
     def validate(self) -> None:
         _check(isinstance(self.micro_batch, int) and self.micro_batch >= 0, "engine.micro_batch must be an integer >= 0.")
 

@@ -321,6 +321,8 @@ class TrainerOptions:
         self.neighbors_on = cfg.neighbors.k > 0
         self.eot_on = cfg.token_focus.mode == "eot"
         self.derived_on = cfg.attack.enabled and cfg.attack.mode == "derived"
+        #: options that run the frozen encoder on text or embeddings not known at set-up (the trainer keeps it)
+        self.needs_original_encoder = self.anchor_on or self.neighbors_on or self.eot_on
         self.surgery = cfg.optim.grad_surgery == "per_tensor"
         self.eos = int(getattr(trainer.tokenizer, "eos_token_id", None) or 49407)
         self.anchor: AdversarialAnchor | None = None
