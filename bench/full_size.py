@@ -236,7 +236,9 @@ def main(argv=None) -> int:
         "calls per fresh x_t for the concept and the retain batch (reference) or 50 CFG calls per refresh / "
         "refresh_every (default). UNet calls at full settings are counted from the recipe.",
         "- Peak memory is measured and does not depend on the number of steps: the reference holds a second frozen "
-        "UNet (`engine.share_unet=false`); all back-propagate one sample at a time (`engine.micro_batch=1`); "
+        "UNet (`engine.share_unet=false`) and keeps its frozen encoder (it re-runs it); the defaults free theirs once "
+        "its outputs for every prompt of the run are cached (`engine.release_original_encoder`); all back-propagate "
+        "one sample at a time (`engine.micro_batch=1`); "
         "`default+ckpt` also recomputes the UNet's block activations in the backward pass instead of keeping them "
         "(`engine.gradient_checkpointing=true`, same gradient). On a CPU "
         "everything runs in fp32; on a GPU the recipe keeps the frozen UNet and encoder in bf16 (`model.dtype=auto`).",
