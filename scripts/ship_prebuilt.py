@@ -100,7 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     registry = json.loads(REGISTRY.read_text())
     for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         entry = ship(concept, args.row, Path(args.runs_dir), Path(args.results_dir))
-        registry["encoders"] = [e for e in registry["encoders"] if e["name"] != entry["name"]] + [entry]
+        names = [e["name"] for e in registry["encoders"]]
+        if entry["name"] in names:  # update in place: re-shipping one encoder keeps the registry's order
+            registry["encoders"][names.index(entry["name"])] = entry
+        else:
+            registry["encoders"].append(entry)
         print(f"shipped {entry['name']} -> {entry['local_path']}: {entry['description']}")
     tmp = REGISTRY.with_suffix(".tmp")
     tmp.write_text(json.dumps(registry, indent=2, ensure_ascii=False) + "\n")
