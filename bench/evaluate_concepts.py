@@ -34,14 +34,12 @@ import sys
 import time
 from pathlib import Path
 
-#: esd and advunlearn keep the budget they were measured with (the default recipe now runs 600 iterations)
-BASELINE_BUDGET = "iterations=300"
 ROWS: dict[str, list[str]] = {
     "original": [],
-    "esd": [BASELINE_BUDGET, "attack.enabled=false"],
+    "esd": ["attack.enabled=false"],
     # AdvUnlearn's reference algorithm (1 continuous prefix token, 30 attack steps at lr 1e-3 warm-started,
     # adversarial prompt only, fresh x_t every iteration, 5 retain prompts) on the miniature iteration budget
-    "advunlearn": [BASELINE_BUDGET, "attack.enabled=true", "attack.mode=continuous", "attack.k=1", "attack.steps=30",
+    "advunlearn": ["attack.enabled=true", "attack.mode=continuous", "attack.k=1", "attack.steps=30",
                    "attack.lr=0.001", "attack.position=prefix", "attack.optimizer=adam", "attack.init=warm",
                    "unlearn.include_clean=false", "sampling.pool=0", "sampling.retain_pool=0",
                    "retain.batch_size=5", "retain.include_empty=false"],
@@ -62,18 +60,21 @@ ROWS: dict[str, list[str]] = {
 DEFAULT_ROWS = ["original", "esd", "advunlearn", "ours", "lora"]
 
 
+#: Rows that stand for the published methods (the others are ours)
 BASELINE_ROWS = ("esd", "advunlearn")
+#: The baselines' iteration budget (the default recipe now runs 600 iterations)
+BASELINE_BUDGET = "iterations=300"
 
 
 def _baseline_pins(concept: str, row: str) -> list[str]:
-    """The negative guidance the baselines were measured with, whatever the concept's recipe now uses: 1 for objects
-    (the ESD and AdvUnlearn papers), 3 for colours and styles (at 1, ESD left red in 75% and stripes in 100% of
-    images; 3 is the push that made ESD work there)."""
+    """What the baselines were measured with, whatever the concept's recipe now uses: BASELINE_BUDGET, and negative
+    guidance 1 for objects (the ESD and AdvUnlearn papers), 3 for colours and styles (at 1, ESD left red in 75% and
+    stripes in 100% of images; 3 is the push that made ESD work there)."""
     if row not in BASELINE_ROWS:
         return []
     from robust_encoders.miniature import get_concept
 
-    return [f"unlearn.negative_guidance={1.0 if get_concept(concept).kind == 'object' else 3.0}"]
+    return [BASELINE_BUDGET, f"unlearn.negative_guidance={1.0 if get_concept(concept).kind == 'object' else 3.0}"]
 
 
 def _parse_row_overrides(pairs: list[str]) -> dict[str, list[str]]:
