@@ -12,7 +12,8 @@ Rows (per concept):
 Besides the five attacks at their defaults (UnlearnDiffAtk: 3 prefix tokens for objects, colours and styles, as
 in the paper), every row gets a column "unlearndiffatk k=5" (``--uda-k``): the same attack with 5 tokens, the
 setting the trainer issue states its robustness bar in. A table made before that column existed is completed
-without recomputing the rest.
+without recomputing the rest. After an attack's defaults change, ``--redo-attacks`` re-runs just those attacks on
+the rows already in ``--out`` (same encoders, prompts and seeds) and replaces their columns, keeping the others.
 
 Trained encoders are cached in ``--runs-dir`` (an existing finished run is reused, an interrupted one
 resumed), every evaluation result is written to ``--out/<concept>-<row>.json`` and the table to
@@ -118,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="Attack setting override (repeatable).")
     p.add_argument("--uda-k", type=int, default=5,
                    help="Also run UnlearnDiffAtk with this many tokens as its own column (0: skip).")
+    p.add_argument("--redo-attacks", default="", metavar="ATTACKS",
+                   help="Comma-separated attacks to re-run on rows already in --out, replacing only their columns "
+                        "(unlearndiffatk also redoes the k=--uda-k column).")
     p.add_argument("--recompute", action="store_true",
                    help="Re-evaluate rows whose <concept>-<row>.json already exists in --out (default: reuse them, "
                         "so an interrupted benchmark resumes and several invocations build one table).")
@@ -157,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     def write_table(final: bool) -> str:
         results = collected()
         table = markdown_table(results, extra_columns=["training time (s)", "original Pre-ASR"])
-        commands = sorted({s.get("command", command) for s in results} | {command})
+        commands = sorted({s.get("command", command) for s in results} | {command}
+                          | {c for s in results for c in s.get("redo_commands", [])})
         header = [
             "# Miniature comparison: erasure methods under attack",
             "",
@@ -182,22 +187,35 @@ def main(argv: list[str] | None = None) -> int:
 
     uda_col = f"unlearndiffatk k={args.uda_k}"
 
-    def uda_k_asr(encoder, concept: str, row: str) -> tuple[float, float]:
-        """ASR (and seconds) of UnlearnDiffAtk with ``--uda-k`` tokens; details saved beside the row's."""
+    redo = tuple(a.strip() for a in args.redo_attacks.split(",") if a.strip())
+    unknown = [a for a in redo if a not in ALL_ATTACKS]
+    if unknown:
+        raise SystemExit(f"--redo-attacks: unknown attack(s) {unknown}; choose from {', '.join(ALL_ATTACKS)}")
+
+    def one_attack(encoder, concept: str, row: str, attack: str, k: int | None = None) -> tuple[float, float]:
+        """ASR (and seconds) of one attack on the forget prompts (``k``: UnlearnDiffAtk's token count); its
+        details go to a folder beside the row's."""
         over = parse_overrides(args.eval_set)
-        over["unlearndiffatk"] = {**over.get("unlearndiffatk", {}), "k": args.uda_k}
+        if k is not None:
+            over[attack] = {**over.get(attack, {}), "k": k}
         cfg = EvalConfig(concept=concept, n_prompts=args.n_prompts, n_retain=0, seed=args.seed,
-                         attacks=("unlearndiffatk",), attack_overrides=over)
-        print(f"[bench] evaluating {concept}/{row} with {uda_col}", flush=True)
+                         attacks=(attack,), attack_overrides=over)
+        print(f"[bench] evaluating {concept}/{row} with {attack}{'' if k is None else f' k={k}'}", flush=True)
         res = evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=row)
-        res.save(out / f"{concept}-{row}" / f"unlearndiffatk-k{args.uda_k}")
-        return res.summary["asr"]["unlearndiffatk"], res.summary["timing_s"]["total"]
+        res.save(out / f"{concept}-{row}" / (attack if k is None else f"{attack}-k{k}"))
+        return res.summary["asr"][attack], res.summary["timing_s"]["total"]
+
+    def put(summary: dict, column: str, asr_secs: tuple[float, float]) -> None:
+        """Set one ASR column and its time; 'total' stays the sum of what the row's columns took."""
+        timing = summary["timing_s"]
+        timing["total"] = timing.get("total", 0.0) - timing.get(column, 0.0) + asr_secs[1]
+        summary["asr"][column], timing[column] = asr_secs
 
     for concept in [c.strip() for c in args.concepts.split(",") if c.strip()]:
         for row in rows:
             path = out / f"{concept}-{row}.json"
             summary = json.loads(path.read_text()) if path.exists() and not args.recompute else None
-            if summary is not None and (not args.uda_k or uda_col in summary["asr"]):
+            if summary is not None and (not args.uda_k or uda_col in summary["asr"]) and not redo:
                 print(f"[bench] reusing {path} (--recompute to redo it)", flush=True)
                 continue
             train_time = None
@@ -216,12 +234,15 @@ def main(argv: list[str] | None = None) -> int:
                 summary["training time (s)"] = train_time
                 summary["original Pre-ASR"] = f"{100 * res.details['original_pre_asr']:.1f}%"
                 summary["command"] = command
+                fresh = True
             else:
-                print(f"[bench] {path} lacks the '{uda_col}' column: adding it", flush=True)
-            if args.uda_k:
-                summary["asr"][uda_col], secs = uda_k_asr(encoder, concept, row)
-                summary["timing_s"][uda_col] = secs
-                summary["timing_s"]["total"] = summary["timing_s"].get("total", 0.0) + secs
+                fresh = False
+                for attack in redo:
+                    put(summary, attack, one_attack(encoder, concept, row, attack))
+                if redo:
+                    summary.setdefault("redo_commands", []).append(command)
+            if args.uda_k and (fresh or uda_col not in summary["asr"] or "unlearndiffatk" in redo):
+                put(summary, uda_col, one_attack(encoder, concept, row, "unlearndiffatk", k=args.uda_k))
             path.write_text(json.dumps(summary, indent=2) + "\n")
             write_table(final=False)
             print(markdown_table([summary], extra_columns=["training time (s)"]), flush=True)

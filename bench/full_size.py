@@ -6,6 +6,9 @@ For each model it runs 2 training iterations of
   pooled frozen-model trajectories, one shared UNet, cached frozen-encoder outputs, micro-batch 1),
 * ``default+ckpt``: the same with ``engine.gradient_checkpointing=true`` (the UNet's block activations are recomputed
   in the backward pass instead of kept: less peak memory, one more UNet forward per backward, same gradient), and
+* ``default+bf16``: the default with the frozen UNet and encoder in bf16 and bf16 autocast, which is what the
+  recipe's ``model.dtype=auto`` / ``model.mixed_precision=auto`` choose on a GPU (on a CPU they stay fp32); run here
+  on a CPU with native bf16 (AMX), it measures that configuration's memory and, on such CPUs, its speed,
 * ``reference``: AdvUnlearn's reference settings and structure (``ADVUNLEARN`` + ``REFERENCE_ENGINE`` of
   ``bench/train_speed.py``: fresh x_t every iteration, a second frozen UNet, the frozen encoder re-run, separate
   UNet passes per loss term),
@@ -66,6 +69,7 @@ NAMES = {"sd15": "SD-1.5", "sd21": "SD-2.1", "sdxl": "SDXL"}
 SETTINGS: dict[str, list[str]] = {
     "default": [],                                                  # the shipped recipe
     "default+ckpt": ["engine.gradient_checkpointing=true"],        # + UNet activations recomputed in the backward
+    "default+bf16": ["model.dtype=bfloat16", "model.mixed_precision=bf16"],  # what model.dtype=auto does on a GPU
     "reference": [*ADVUNLEARN, *REFERENCE_ENGINE],                  # AdvUnlearn's settings and structure
 }
 
@@ -158,7 +162,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iterations", type=int, default=2, help="Training iterations run per configuration.")
     ap.add_argument("--attack-steps", type=int, default=1, help="Attack steps actually run (full: the recipe's 30).")
     ap.add_argument("--ddim-steps", type=int, default=2, help="DDIM steps actually run (full: the recipe's 50).")
-    ap.add_argument("--settings", default="default,default+ckpt,reference",
+    ap.add_argument("--settings", default="default,default+ckpt,default+bf16,reference",
                     help=f"Comma-separated configurations to run, side by side: {', '.join(SETTINGS)}.")
     ap.add_argument("--sdxl-encoders", default="both", help="SDXL: model.encoders (both, text_encoder, text_encoder_2).")
     ap.add_argument("--out", default=None, help="Markdown file (default: bench/results/full_size_<device>.md).")
@@ -240,8 +244,10 @@ def main(argv=None) -> int:
         "its outputs for every prompt of the run are cached (`engine.release_original_encoder`); all back-propagate "
         "one sample at a time (`engine.micro_batch=1`); "
         "`default+ckpt` also recomputes the UNet's block activations in the backward pass instead of keeping them "
-        "(`engine.gradient_checkpointing=true`, same gradient). On a CPU "
-        "everything runs in fp32; on a GPU the recipe keeps the frozen UNet and encoder in bf16 (`model.dtype=auto`).",
+        "(`engine.gradient_checkpointing=true`, same gradient). On a CPU the recipe runs everything in fp32; on a GPU "
+        "`model.dtype=auto` keeps the frozen UNet and encoder in bf16 and trains the encoder under bf16 autocast "
+        "(fp32 weights and optimizer state): `default+bf16` sets exactly that explicitly. The reference row runs in "
+        "fp32 everywhere.",
         "- No VAE is built: training works on latents only.",
     ]
     if not device.startswith("cuda") and "sdxl" not in models:
