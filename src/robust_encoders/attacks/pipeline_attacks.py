@@ -162,6 +162,9 @@ class SoftPromptConfig(UnlearnDiffAtkConfig):
     """Settings of the continuous soft-prompt (embedding PGD) attack."""
 
     method: str = field(default="continuous", metadata={"help": "Always 'continuous' (free embeddings)."})
+    steps: int = field(default=120, metadata={
+        "help": "Optimisation steps per restart (an upper bound must be run long: on the ESD-erased miniature "
+                "'stripes' 40 steps brought the concept back in 29% of prompts, 120 in 83%)."})
     lr: float = field(default=0.02, metadata={"help": "Step size in embedding space."})
     eps: float | None = field(default=None, metadata={"help": "L-inf bound around the initial embeddings (None: free)."})
     init: str = field(default="token", metadata={"help": "random | token (start from random real tokens)."})
