@@ -193,8 +193,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--redo-attacks: unknown attack(s) {unknown}; choose from {', '.join(ALL_ATTACKS)}")
 
     def one_attack(encoder, concept: str, row: str, attack: str, k: int | None = None) -> tuple[float, float]:
-        """ASR (and seconds) of one attack on the forget prompts (``k``: UnlearnDiffAtk's token count); its
-        details go to a folder beside the row's."""
+        """ASR and seconds of one attack on the forget prompts (``k``: UnlearnDiffAtk's token count, its own column,
+        timed with its plain-prompt pass; otherwise the attack's own time, as in a full evaluation); its details go
+        to a folder beside the row's."""
         over = parse_overrides(args.eval_set)
         if k is not None:
             over[attack] = {**over.get(attack, {}), "k": k}
@@ -203,7 +204,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[bench] evaluating {concept}/{row} with {attack}{'' if k is None else f' k={k}'}", flush=True)
         res = evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=row)
         res.save(out / f"{concept}-{row}" / (attack if k is None else f"{attack}-k{k}"))
-        return res.summary["asr"][attack], res.summary["timing_s"]["total"]
+        timing = res.summary["timing_s"]
+        return res.summary["asr"][attack], timing["total"] if k is not None else timing[attack]
 
     def put(summary: dict, column: str, asr_secs: tuple[float, float]) -> None:
         """Set one ASR column and its time; 'total' stays the sum of what the row's columns took."""
