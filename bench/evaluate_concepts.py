@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 run, train_time = _train(concept, row, ROWS[row] + _baseline_pins(concept, row) + extra.get(row, []), runs_dir)
                 encoder, _ = load_encoder_for_eval(run, pipe=pipe)
-            if summary is None:
+            fresh = summary is None
+            if fresh:
                 cfg = EvalConfig(concept=concept, n_prompts=args.n_prompts, n_retain=args.n_retain, seed=args.seed,
                                  attacks=attacks, attack_overrides=parse_overrides(args.eval_set))
                 print(f"[bench] evaluating {concept}/{row}", flush=True)
@@ -236,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                 summary["training time (s)"] = train_time
                 summary["original Pre-ASR"] = f"{100 * res.details['original_pre_asr']:.1f}%"
                 summary["command"] = command
-                fresh = True
             else:
-                fresh = False
                 for attack in redo:
                     put(summary, attack, one_attack(encoder, concept, row, attack))
                 if redo:

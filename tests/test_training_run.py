@@ -221,10 +221,11 @@ def test_frozen_encoder_is_released_once_its_outputs_are_cached(tmp_path):
 
 def test_bf16_frozen_parts_train_fp32_weights_close_to_fp32_run(tmp_path):
     """model.dtype=bfloat16 + model.mixed_precision=bf16 (what model.dtype=auto picks on a GPU) also runs on a CPU:
-    the frozen UNet and encoder outputs are bf16, the trained encoder keeps fp32 weights (and optimizer state), and its
-    update points the same way as the fp32 run's."""
+    the frozen UNet is bf16 and runs under bf16 autocast, the trained encoder keeps fp32 weights, and its update points
+    the same way as the fp32 run's."""
     ov = TINY + ["iterations=2", "optim.optimizer=sgd", "optim.lr=1.0"]  # SGD: Δw ∝ gradient
-    half = Trainer(resolve_config("star", [*ov, "model.dtype=bfloat16", "model.mixed_precision=bf16"]), tmp_path / "x")
+    bf16_ov = [*ov, "model.dtype=bfloat16", "model.mixed_precision=bf16"]
+    half = Trainer(resolve_config("star", bf16_ov), tmp_path / "x")
     half._setup()
     assert half.frozen_dtype == torch.bfloat16 and half.autocast_dtype == torch.bfloat16
     assert next(half.unet.parameters()).dtype == torch.bfloat16
@@ -233,7 +234,7 @@ def test_bf16_frozen_parts_train_fp32_weights_close_to_fp32_run(tmp_path):
 
     w0 = load_robust_encoder("miniature", torch_dtype=torch.float32).state_dict()
     fp32 = _weights(train("star", ov, output_dir=tmp_path / "a"))
-    bf16 = _weights(train("star", [*ov, "model.dtype=bfloat16", "model.mixed_precision=bf16"], output_dir=tmp_path / "b"))
+    bf16 = _weights(train("star", bf16_ov, output_dir=tmp_path / "b"))
     assert all(v.dtype == torch.float32 for v in bf16.values())
     k = "encoder.layers.0.mlp.fc1.weight"
     d32, d16 = (fp32[k] - w0[k]).flatten(), (bf16[k] - w0[k]).flatten()
