@@ -90,6 +90,30 @@ def test_resume_is_bit_identical(tmp_path, monkeypatch):
     assert json.loads((longer / "robust_encoder.json").read_text())["iterations"] == 5
 
 
+def test_attack_chains_resume_bit_identical(tmp_path, monkeypatch):
+    """Two warm-started adversarial chains taken in turn: both are checkpointed and continue after a resume."""
+    ov = TINY + ["iterations=5", "checkpoint.every=3", "attack.every=1", "attack.init=warm", "attack.chains=2"]
+    full = train("star", ov, output_dir=tmp_path / "full")
+    original = Trainer.train_step
+
+    def dies_at_step_4(self, step):
+        if step == 3:  # the step-3 checkpoint holds chain 0 (rounds at steps 1) and chain 1 (step 2)
+            raise _Killed("simulated crash after the step-3 checkpoint")
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dies_at_step_4)
+    with pytest.raises(_Killed):
+        train("star", ov, output_dir=tmp_path / "split")
+    monkeypatch.setattr(Trainer, "train_step", original)
+    split = train("star", ov, output_dir=tmp_path / "split", resume=True)
+    a, b = _weights(full), _weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    one = _weights(train("star", [*ov[:-1], "attack.chains=1"], output_dir=tmp_path / "one"))
+    assert any(not torch.equal(a[k], one[k]) for k in a)  # a second chain changes what the encoder is trained on
+    with pytest.raises(RunDirError, match="attack.chains"):
+        train("star", [*ov[:-1], "attack.chains=3", "iterations=6"], output_dir=tmp_path / "split", resume=True)
+
+
 def test_output_dir_guard(tmp_path):
     ov = TINY + ["iterations=1", "attack.enabled=false", "retain.space=encoder"]
     run = train("red", ov, output_dir=tmp_path / "r")

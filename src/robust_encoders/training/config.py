@@ -242,9 +242,17 @@ class AttackSettings(_Section):
         default="warm", metadata={"help": "random | token | warm (continue from the previous round, AdvUnlearn's 'latest')."}
     )
     eps: float | None = field(default=None, metadata={"help": "L-inf bound of continuous soft tokens; null = unbounded."})
+    chains: int = field(
+        default=1,
+        metadata={
+            "help": "Independent warm-started adversarial prompts, taken in turn (one per attack round): with init=warm "
+            "each chain continues its own last round, so the encoder meets several adversaries instead of one."
+        },
+    )
 
     def validate(self) -> None:
         _check(isinstance(self.warmup, int) and self.warmup >= 0, "attack.warmup must be an integer >= 0.")
+        _check(isinstance(self.chains, int) and self.chains >= 1, "attack.chains must be an integer >= 1.")
         _check(isinstance(self.every, int) and self.every >= 1, "attack.every must be an integer >= 1.")
         try:
             self.to_prompt_attack_config(0)

@@ -450,7 +450,7 @@ class Trainer:
             cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
             self.opt = cls(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
-        self.attack_state = None
+        self.attack_states: list = [None] * cfg.attack.chains  # one warm-start state per adversarial chain
         self._vocab_ids = None
         self.step = 0
         self.elapsed_before = 0.0
@@ -624,10 +624,12 @@ class Trainer:
         from ..attacks import PromptAttack
 
         a = self.cfg.attack
-        fresh = (step - a.warmup) % a.every == 0 or self.attack_state is None
+        rnd = (step - a.warmup) // a.every  # attack round; chains take rounds in turn
+        chain = rnd % a.chains
+        fresh = (step - a.warmup) % a.every == 0 or self.attack_states[chain] is None
         if a.mode == "derived":  # RECE-style: derived concept-token embeddings, no UNet pass (training/options.py)
-            res = self.options.derived_attack(step, prompts, fresh, self.attack_state)
-            self.attack_state = res.state
+            res = self.options.derived_attack(step, prompts, fresh, self.attack_states[chain])
+            self.attack_states[chain] = res.state
             return res, fresh
         acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
         if not fresh:
@@ -644,12 +646,12 @@ class Trainer:
         self.model.eval()
         try:
             with self._autocast():
-                res = attack.run(prompts, loss_fn, state=self.attack_state)
+                res = attack.run(prompts, loss_fn, state=self.attack_states[chain])
         finally:
             self.model.train(was_training)
         if a.mode == "discrete" and self._vocab_ids is None:
             self._vocab_ids = attack.vocab_ids
-        self.attack_state = res.state
+        self.attack_states[chain] = res.state
         return res, fresh
 
     def _adv_encoded(self, res, idx: list[int]):
@@ -861,8 +863,11 @@ class Trainer:
             tensors = {f"model.{n}": params[n].detach().to("cpu").contiguous().clone() for n in self.trainable_names}
             opt_t, opt_meta = ckpt.flatten_optimizer_state(self.opt.state_dict())
             tensors.update(opt_t)
-            atk_t, atk_meta = ckpt.serialize_dataclass(self.attack_state, "attack.")
-            tensors.update(atk_t)
+            atk_meta = []
+            for c, state in enumerate(self.attack_states):  # chain 0 under "attack." as before chains existed
+                atk_t, m = ckpt.serialize_dataclass(state, "attack." if c == 0 else f"attack{c}.")
+                tensors.update(atk_t)
+                atk_meta.append(m)
             tensors.update(self.options.state_tensors())
             meta = {
                 "step": step,
@@ -870,7 +875,8 @@ class Trainer:
                 "world_size": self.world,
                 "elapsed_s": elapsed,
                 "optimizer": opt_meta,
-                "attack_state": atk_meta,
+                "attack_state": atk_meta[0],
+                "attack_chains": atk_meta[1:],
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "config_fingerprint": self.cfg.fingerprint(RESUMABLE_KEYS),
                 "trainable_names": self.trainable_names,
@@ -898,7 +904,14 @@ class Trainer:
         self.opt.load_state_dict(ckpt.unflatten_optimizer_state(tensors, meta["optimizer"]))
         if self.scaler is not None and meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
-        self.attack_state = ckpt.deserialize_dataclass(AttackState, tensors, meta["attack_state"], "attack.", self.device)
+        metas = [meta["attack_state"], *meta.get("attack_chains", [])]
+        if len(metas) != len(self.attack_states):
+            raise RunDirError(f"Checkpoint {path} holds {len(metas)} attack chain(s) but attack.chains is "
+                              f"{len(self.attack_states)}; resume with the run's own setting.")
+        self.attack_states = [
+            ckpt.deserialize_dataclass(AttackState, tensors, m, "attack." if c == 0 else f"attack{c}.", self.device)
+            for c, m in enumerate(metas)
+        ]
         self.options.load_state_tensors(tensors)
         rng = ckpt.read_rank_rng(path, self.rank)
         if rng is not None:
