@@ -13,7 +13,8 @@ Besides the five attacks at their defaults (UnlearnDiffAtk: 3 prefix tokens for 
 in the paper), every row gets a column "unlearndiffatk k=5" (``--uda-k``): the same attack with 5 tokens, the
 setting the trainer issue states its robustness bar in. A table made before that column existed is completed
 without recomputing the rest. After an attack's defaults change, ``--redo-attacks`` re-runs just those attacks on
-the rows already in ``--out`` (same encoders, prompts and seeds) and replaces their columns, keeping the others.
+the rows already in ``--out`` (same encoders, prompts and seeds) and replaces their columns, keeping the others;
+``--redo-utility`` does the same for the retain columns (retain accuracy, CLIP score, FID-style).
 
 Trained encoders are cached in ``--runs-dir`` (an existing finished run is reused, an interrupted one
 resumed), every evaluation result is written to ``--out/<concept>-<row>.json`` and the table to
@@ -122,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--redo-attacks", default="", metavar="ATTACKS",
                    help="Comma-separated attacks to re-run on rows already in --out, replacing only their columns "
                         "(unlearndiffatk also redoes the k=--uda-k column).")
+    p.add_argument("--redo-utility", action="store_true",
+                   help="Re-measure the retain columns (retain accuracy, CLIP score, FID-style) on rows already in "
+                        "--out, keeping the attack columns (after the scoring CLIP changed).")
     p.add_argument("--recompute", action="store_true",
                    help="Re-evaluate rows whose <concept>-<row>.json already exists in --out (default: reuse them, "
                         "so an interrupted benchmark resumes and several invocations build one table).")
@@ -207,6 +211,14 @@ def main(argv: list[str] | None = None) -> int:
         timing = res.summary["timing_s"]
         return res.summary["asr"][attack], timing["total"] if k is not None else timing[attack]
 
+    def utility(encoder, concept: str, row: str) -> dict:
+        """Retain accuracy, CLIP score and FID-style distance of one row, measured again (no attacks)."""
+        cfg = EvalConfig(concept=concept, n_prompts=args.n_prompts, n_retain=args.n_retain, seed=args.seed, attacks=())
+        print(f"[bench] re-measuring utility of {concept}/{row}", flush=True)
+        res = evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=row)
+        res.save(out / f"{concept}-{row}" / "utility")
+        return {k: res.summary[k] for k in ("retain_accuracy", "clip_score", "fid")}
+
     def put(summary: dict, column: str, asr_secs: tuple[float, float]) -> None:
         """Set one ASR column and its time; 'total' stays the sum of what the row's columns took."""
         timing = summary["timing_s"]
@@ -217,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         for row in rows:
             path = out / f"{concept}-{row}.json"
             summary = json.loads(path.read_text()) if path.exists() and not args.recompute else None
-            if summary is not None and (not args.uda_k or uda_col in summary["asr"]) and not redo:
+            if summary is not None and (not args.uda_k or uda_col in summary["asr"]) and not redo \
+                    and not args.redo_utility:
                 print(f"[bench] reusing {path} (--recompute to redo it)", flush=True)
                 continue
             train_time = None
@@ -240,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 for attack in redo:
                     put(summary, attack, one_attack(encoder, concept, row, attack))
-                if redo:
+                if args.redo_utility:
+                    summary.update(utility(encoder, concept, row))
+                if redo or args.redo_utility:
                     summary.setdefault("redo_commands", []).append(command)
             if args.uda_k and (fresh or uda_col not in summary["asr"] or "unlearndiffatk" in redo):
                 put(summary, uda_col, one_attack(encoder, concept, row, "unlearndiffatk", k=args.uda_k))

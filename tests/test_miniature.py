@@ -146,7 +146,7 @@ def test_shipped_detector_meets_accuracy_bar():
 
 
 def test_refine_stages_keep_the_text_encoder_and_focus_the_batches(tmp_path):
-    """clip_refine / unet_refine continue training, the pipeline's text encoder stays frozen, and an
+    """clip_refine / unet_refine / clip_polish continue training, the pipeline's text encoder stays frozen, and an
     older build folder (config without the refine settings) is extended rather than refused."""
     import json
 
@@ -160,15 +160,15 @@ def test_refine_stages_keep_the_text_encoder_and_focus_the_batches(tmp_path):
     out = tmp_path / "w"
     build_world(out, BuildConfig(**small, stages=("vae", "detector", "clip", "unet")))
     cfg_file = out / "build_config.json"
-    old = {k: v for k, v in json.loads(cfg_file.read_text()).items() if "refine" not in k}
+    old = {k: v for k, v in json.loads(cfg_file.read_text()).items() if "refine" not in k and "polish" not in k}
     cfg_file.write_text(json.dumps(old))  # as written before the refine stages existed
     te_before = load_file(out / "stages" / "text_encoder" / "model.safetensors")
     unet_before = load_file(out / "stages" / "unet" / "diffusion_pytorch_model.safetensors")
 
-    build_world(out, BuildConfig(**small, clip_refine_steps=2, unet_refine_steps=2))
+    build_world(out, BuildConfig(**small, clip_refine_steps=2, unet_refine_steps=2, clip_polish_steps=2))
     assert json.loads(cfg_file.read_text())["unet_refine_steps"] == 2
     with pytest.raises(ValueError, match="unet_refine_steps"):
-        build_world(out, BuildConfig(**small, clip_refine_steps=2, unet_refine_steps=3))
+        build_world(out, BuildConfig(**small, clip_refine_steps=2, unet_refine_steps=3, clip_polish_steps=2))
 
     refined = load_file(out / "stages" / "unet_refine" / "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(refined[k], unet_before[k]) for k in refined)
@@ -177,7 +177,14 @@ def test_refine_stages_keep_the_text_encoder_and_focus_the_batches(tmp_path):
         assert torch.equal(shipped_te[k], v.half()), k  # frozen: identical up to the fp16 cast
     shipped_unet = load_file(out / "weights" / "pipeline" / "unet" / "diffusion_pytorch_model.safetensors")
     assert all(torch.equal(shipped_unet[k], refined[k].half()) for k in refined)
-    assert json.loads((out / "build_timings.json").read_text()).keys() >= {"unet", "clip_refine", "unet_refine"}
+    assert json.loads((out / "build_timings.json").read_text()).keys() >= {"unet", "clip_refine", "unet_refine",
+                                                                           "clip_polish"}
+    # the shipped scoring CLIP is the last CLIP stage's, which continued clip_refine's weights
+    polished = load_file(out / "stages" / "clip_polish" / "model.safetensors")
+    refined_clip = load_file(out / "stages" / "clip_refine" / "model.safetensors")
+    shipped_clip = load_file(out / "weights" / "clip" / "model.safetensors")
+    assert all(torch.equal(shipped_clip[k], polished[k].half()) for k in polished)
+    assert any(not torch.equal(polished[k], refined_clip[k]) for k in polished)
 
     objects = np.array([0, 1, 1, 2, 3, 4, 5, 5])
     w = focus_weights(objects, ("square",), 0.6)
