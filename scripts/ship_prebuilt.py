@@ -58,9 +58,11 @@ def ship(concept: str, row: str, runs_dir: Path, results_dir: Path) -> dict:
             cfg.write_text(json.dumps(acfg, indent=2) + "\n")
     dest = PACKAGE / "prebuilt" / f"miniature-{concept}"
     summary = json.loads(result.read_text())
-    table_row = results_dir / f"{concept}-{row}.json"  # the benchmark's row: adds columns run separately (k=5)
-    if table_row.is_file():
-        summary["asr"] = {**summary["asr"], **json.loads(table_row.read_text())["asr"]}
+    table_row = results_dir / f"{concept}-{row}.json"  # the benchmark's row: columns re-run or run separately
+    if table_row.is_file():                              # (k=5, --redo-attacks, --redo-utility) win
+        row_summary = json.loads(table_row.read_text())
+        summary["asr"] = {**summary["asr"], **row_summary["asr"]}
+        summary.update({k: row_summary[k] for k in ("pre_asr", "retain_accuracy", "clip_score", "fid") if k in row_summary})
     with tempfile.TemporaryDirectory() as tmp:
         out = export_run(run, Path(tmp) / "export", eval_results=summary, license="apache-2.0")
         for weights in out.rglob("model.safetensors"):

@@ -12,6 +12,7 @@ from robust_encoders.miniature import (
     OBJECTS,
     STYLES,
     get_concept,
+    load_clip,
     load_detector,
     load_pipeline,
     render_scene,
@@ -143,6 +144,15 @@ def test_shipped_detector_meets_accuracy_bar():
 
     acc = detector_accuracy(load_detector(), n=500, seed=2024)
     assert min(acc.values()) >= 0.98, acc
+
+
+def test_shipped_clip_meets_zero_shot_bar():
+    """The scoring CLIP names object, colour and style of held-out scenes (scenes unlike the report's seed)."""
+    from robust_encoders.miniature.report import clip_accuracy
+    from robust_encoders.tokenization import load_clip_tokenizer
+
+    acc = clip_accuracy(load_clip().float(), load_clip_tokenizer(), n=500, seed=2024)
+    assert min(acc["object"], acc["colour"], acc["style"]) >= 0.90, acc
 
 
 def test_refine_stages_keep_the_text_encoder_and_focus_the_batches(tmp_path):
