@@ -62,21 +62,26 @@ class _Killed(RuntimeError):
     pass
 
 
+def _crash_after(monkeypatch, steps: int, ov: list[str], run: Path) -> None:
+    """Train ``run`` and kill it as step ``steps + 1`` begins (after ``steps`` iterations and their checkpoint)."""
+    original = Trainer.train_step
+
+    def dies(self, step):
+        if step == steps:
+            raise _Killed(f"simulated crash after the step-{steps} checkpoint")
+        return original(self, step)
+
+    monkeypatch.setattr(Trainer, "train_step", dies)
+    with pytest.raises(_Killed):
+        train("star", ov, output_dir=run)
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+
 def test_resume_is_bit_identical(tmp_path, monkeypatch):
     ov = TINY + ["iterations=4", "checkpoint.every=2", "attack.every=2", "attack.init=warm"]
     full = train("star", ov, output_dir=tmp_path / "full")
 
-    original = Trainer.train_step
-
-    def dies_at_step_3(self, step):
-        if step == 2:
-            raise _Killed("simulated crash after the step-2 checkpoint")
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_at_step_3)
-    with pytest.raises(_Killed):
-        train("star", ov, output_dir=tmp_path / "split")
-    monkeypatch.setattr(Trainer, "train_step", original)
+    _crash_after(monkeypatch, 2, ov, tmp_path / "split")
     assert not (tmp_path / "split" / "robust_encoder.json").exists()
     with pytest.raises(RunDirError, match="--resume"):
         train("star", ov, output_dir=tmp_path / "split")
@@ -94,17 +99,7 @@ def test_attack_chains_resume_bit_identical(tmp_path, monkeypatch):
     """Two warm-started adversarial chains taken in turn: both are checkpointed and continue after a resume."""
     ov = TINY + ["iterations=5", "checkpoint.every=3", "attack.every=1", "attack.init=warm", "attack.chains=2"]
     full = train("star", ov, output_dir=tmp_path / "full")
-    original = Trainer.train_step
-
-    def dies_at_step_4(self, step):
-        if step == 3:  # the step-3 checkpoint holds chain 0 (rounds at steps 1) and chain 1 (step 2)
-            raise _Killed("simulated crash after the step-3 checkpoint")
-        return original(self, step)
-
-    monkeypatch.setattr(Trainer, "train_step", dies_at_step_4)
-    with pytest.raises(_Killed):
-        train("star", ov, output_dir=tmp_path / "split")
-    monkeypatch.setattr(Trainer, "train_step", original)
+    _crash_after(monkeypatch, 3, ov, tmp_path / "split")  # its checkpoint holds chain 0 (round at step 1), chain 1 (2)
     split = train("star", ov, output_dir=tmp_path / "split", resume=True)
     a, b = _weights(full), _weights(split)
     assert all(torch.equal(a[k], b[k]) for k in a)
