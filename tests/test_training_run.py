@@ -109,6 +109,21 @@ def test_attack_chains_resume_bit_identical(tmp_path, monkeypatch):
         train("star", [*ov[:-1], "attack.chains=3", "iterations=6"], output_dir=tmp_path / "split", resume=True)
 
 
+def test_attack_restart_rounds_start_afresh(tmp_path, monkeypatch):
+    """attack.restart_every=3: every third round starts from random tokens (its state's round count is 1 again)."""
+    rounds, original = [], Trainer.train_step
+
+    def recording(self, step):
+        out = original(self, step)
+        rounds.append(None if self.attack_states[0] is None else self.attack_states[0].rounds)
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    train("star", TINY + ["iterations=6", "attack.every=1", "attack.restart_every=3", "attack.restart_steps=3"],
+          output_dir=tmp_path / "r")
+    assert rounds == [None, 1, 2, 1, 2, 3]  # warm-up, round 0 (fresh), 1 (warm), 2 (restart), 3, 4 (warm)
+
+
 def test_output_dir_guard(tmp_path):
     ov = TINY + ["iterations=1", "attack.enabled=false", "retain.space=encoder"]
     run = train("red", ov, output_dir=tmp_path / "r")

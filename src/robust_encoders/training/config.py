@@ -249,10 +249,18 @@ class AttackSettings(_Section):
             "each chain continues its own last round, so the encoder meets several adversaries instead of one."
         },
     )
+    restart_every: int = field(
+        default=0,
+        metadata={"help": "Every N-th attack round starts its chain afresh from random real tokens and runs "
+                  "restart_steps steps (an evaluation-strength adversary now and then); 0 = never."},
+    )
+    restart_steps: int = field(default=60, metadata={"help": "Steps of a restarted round (restart_every > 0)."})
 
     def validate(self) -> None:
         _check(isinstance(self.warmup, int) and self.warmup >= 0, "attack.warmup must be an integer >= 0.")
         _check(isinstance(self.chains, int) and self.chains >= 1, "attack.chains must be an integer >= 1.")
+        _check(isinstance(self.restart_every, int) and self.restart_every >= 0, "attack.restart_every must be >= 0.")
+        _check(isinstance(self.restart_steps, int) and self.restart_steps >= 1, "attack.restart_steps must be >= 1.")
         _check(isinstance(self.every, int) and self.every >= 1, "attack.every must be an integer >= 1.")
         try:
             self.to_prompt_attack_config(0)

@@ -634,6 +634,9 @@ class Trainer:
         acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
         if not fresh:
             acfg = dataclasses.replace(acfg, steps=0, init="warm")
+        elif a.restart_every and (step - a.warmup) % a.every == 0 and rnd % a.restart_every == a.restart_every - 1:
+            acfg = dataclasses.replace(acfg, steps=a.restart_steps, init="token")
+            self.attack_states[chain] = None
         attack = PromptAttack(self.te, self.tokenizer, acfg, vocab_ids=self._vocab_ids)
         lat = xb.latents.to(self.device, self.frozen_dtype)
         ts = xb.timesteps.to(self.device)
