@@ -123,7 +123,9 @@ class UnlearnDiffAtkConfig:
         "help": "gcg: gradient of the relaxed one-hot proposes token swaps whose exact loss is compared (strong); "
                 "simplex: projected gradient on the probability simplex, argmax at each check (the paper's "
                 "relaxation)."})
-    steps: int = field(default=40, metadata={"help": "Optimisation steps per restart."})
+    steps: int = field(default=80, metadata={
+        "help": "Optimisation steps per restart (stops at the first success; on the ESD-erased miniature 'star', 3 "
+                "tokens broke 50% of prompts in 40 steps, 79% in 80)."})
     lr: float = field(default=0.1, metadata={"help": "Step size on the probability simplex (method=simplex)."})
     candidates: int = field(default=16, metadata={"help": "Token swaps evaluated per prompt and step (method=gcg)."})
     topk: int = field(default=64, metadata={"help": "Most promising tokens per slot to swap in (method=gcg)."})
