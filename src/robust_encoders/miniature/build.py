@@ -271,32 +271,33 @@ def train_clip(cfg: BuildConfig, out: Path):
     return secs
 
 
-def train_clip_refine(cfg: BuildConfig, out: Path):
-    """Continue the scoring CLIP (a fresh cosine cycle); the pipeline's text encoder is not involved."""
+def _continue_clip(cfg: BuildConfig, out: Path, name: str, source: str, lr: float, steps: int, *,
+                   stream: str, offset: int = 0) -> float:
+    """Train the scoring CLIP of stage ``source`` for a fresh cosine cycle as stage ``name``, on the batches of
+    stage ``stream``'s data from step ``offset`` on; the pipeline's text encoder is not involved."""
     from transformers import CLIPModel
 
     from ..tokenization import load_clip_tokenizer
 
-    torch.manual_seed(cfg.seed + 4)
-    clip = CLIPModel.from_pretrained(out / "stages" / "clip")
-    st = _Stage(cfg, out, "clip_refine", {"clip": clip}, cfg.clip_refine_lr, cfg.clip_refine_steps)
-    secs = st.run(_clip_loss_fn(cfg, "clip_refine", clip, load_clip_tokenizer()))
-    clip.save_pretrained(out / "stages" / "clip_refine")
+    clip = CLIPModel.from_pretrained(out / "stages" / source)
+    st = _Stage(cfg, out, name, {"clip": clip}, lr, steps)
+    step_fn = _clip_loss_fn(cfg, stream, clip, load_clip_tokenizer())
+    secs = st.run(lambda step: step_fn(offset + step))
+    clip.save_pretrained(out / "stages" / name)
     return secs
+
+
+def train_clip_refine(cfg: BuildConfig, out: Path):
+    """Continue the scoring CLIP (a fresh cosine cycle)."""
+    torch.manual_seed(cfg.seed + 4)
+    return _continue_clip(cfg, out, "clip_refine", "clip", cfg.clip_refine_lr, cfg.clip_refine_steps,
+                          stream="clip_refine")
 
 
 def train_clip_polish(cfg: BuildConfig, out: Path):
     """A last cosine cycle for the scoring CLIP, on the batches that follow ``clip_refine``'s (same stream)."""
-    from transformers import CLIPModel
-
-    from ..tokenization import load_clip_tokenizer
-
-    clip = CLIPModel.from_pretrained(out / "stages" / "clip_refine")
-    st = _Stage(cfg, out, "clip_polish", {"clip": clip}, cfg.clip_polish_lr, cfg.clip_polish_steps)
-    step_fn = _clip_loss_fn(cfg, "clip_refine", clip, load_clip_tokenizer())
-    secs = st.run(lambda step: step_fn(cfg.clip_refine_steps + step))
-    clip.save_pretrained(out / "stages" / "clip_polish")
-    return secs
+    return _continue_clip(cfg, out, "clip_polish", "clip_refine", cfg.clip_polish_lr, cfg.clip_polish_steps,
+                          stream="clip_refine", offset=cfg.clip_refine_steps)
 
 
 def _latent_pool(cfg: BuildConfig, vae):

@@ -66,6 +66,11 @@ RESUMABLE_KEYS = ("iterations", "checkpoint.every", "checkpoint.keep", "log.ever
 RUN_ARTIFACTS = ("config.yaml", "robust_encoder.json", "text_encoder", "text_encoder_2", "log.jsonl", "checkpoints")
 
 
+def _chain_prefix(chain: int) -> str:
+    """Checkpoint key prefix of an attack chain's warm-start state (chain 0 keeps the pre-chains ``attack.``)."""
+    return "attack." if chain == 0 else f"attack{chain}."
+
+
 class BaseModelUnavailableError(OSError):
     """The base pipeline cannot be loaded offline."""
 
@@ -624,9 +629,10 @@ class Trainer:
         from ..attacks import PromptAttack
 
         a = self.cfg.attack
-        rnd = (step - a.warmup) // a.every  # attack round; chains take rounds in turn
+        rnd, offset = divmod(step - a.warmup, a.every)  # attack round; chains take rounds in turn
         chain = rnd % a.chains
-        fresh = (step - a.warmup) % a.every == 0 or self.attack_states[chain] is None
+        new_round = offset == 0
+        fresh = new_round or self.attack_states[chain] is None
         if a.mode == "derived":  # RECE-style: derived concept-token embeddings, no UNet pass (training/options.py)
             res = self.options.derived_attack(step, prompts, fresh, self.attack_states[chain])
             self.attack_states[chain] = res.state
@@ -634,7 +640,7 @@ class Trainer:
         acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
         if not fresh:
             acfg = dataclasses.replace(acfg, steps=0, init="warm")
-        elif a.restart_every and (step - a.warmup) % a.every == 0 and rnd % a.restart_every == a.restart_every - 1:
+        elif a.restart_every and new_round and rnd % a.restart_every == a.restart_every - 1:
             acfg = dataclasses.replace(acfg, steps=a.restart_steps, init="token")
             self.attack_states[chain] = None
         attack = PromptAttack(self.te, self.tokenizer, acfg, vocab_ids=self._vocab_ids)
@@ -867,8 +873,8 @@ class Trainer:
             opt_t, opt_meta = ckpt.flatten_optimizer_state(self.opt.state_dict())
             tensors.update(opt_t)
             atk_meta = []
-            for c, state in enumerate(self.attack_states):  # chain 0 under "attack." as before chains existed
-                atk_t, m = ckpt.serialize_dataclass(state, "attack." if c == 0 else f"attack{c}.")
+            for c, state in enumerate(self.attack_states):
+                atk_t, m = ckpt.serialize_dataclass(state, _chain_prefix(c))
                 tensors.update(atk_t)
                 atk_meta.append(m)
             tensors.update(self.options.state_tensors())
@@ -912,7 +918,7 @@ class Trainer:
             raise RunDirError(f"Checkpoint {path} holds {len(metas)} attack chain(s) but attack.chains is "
                               f"{len(self.attack_states)}; resume with the run's own setting.")
         self.attack_states = [
-            ckpt.deserialize_dataclass(AttackState, tensors, m, "attack." if c == 0 else f"attack{c}.", self.device)
+            ckpt.deserialize_dataclass(AttackState, tensors, m, _chain_prefix(c), self.device)
             for c, m in enumerate(metas)
         ]
         self.options.load_state_tensors(tensors)
