@@ -124,6 +124,38 @@ def test_attack_restart_rounds_start_afresh(tmp_path, monkeypatch):
     assert rounds == [None, 1, 2, 1, 2, 3]  # warm-up, round 0 (fresh), 1 (warm), 2 (restart), 3, 4 (warm)
 
 
+def test_attack_resample_xt_sees_other_timesteps_and_resumes(tmp_path, monkeypatch):
+    """attack.resample_xt: every attack step reads another step of the same prompts' trajectories; still resumable."""
+    from robust_encoders.training.config import ConfigError
+    from robust_encoders.training.sampling import TrajectoryPool
+
+    seen, original = [], TrajectoryPool.resample
+
+    def recording(self, batch, gen):
+        out = original(self, batch, gen)
+        seen.append((batch.prompt_index.tolist(), out.prompt_index.tolist(), out.source.tolist(), batch.source.tolist(),
+                     out.timesteps.tolist()))
+        return out
+
+    monkeypatch.setattr(TrajectoryPool, "resample", recording)
+    ov = TINY + ["iterations=4", "checkpoint.every=2", "attack.steps=3", "attack.resample_xt=true",
+                 "unlearn.ddim_steps=8"]
+    full = train("star", ov, output_dir=tmp_path / "full")
+    assert len(seen) >= 3 * 3  # three attacked iterations, one draw per attack step (+ the final evaluation)
+    assert all(a == b and s == t for a, b, s, t, _ in seen)  # same prompts, same trajectories
+    assert len({tuple(ts) for *_, ts in seen}) > 1  # ... at other timesteps
+    monkeypatch.setattr(TrajectoryPool, "resample", original)
+
+    _crash_after(monkeypatch, 2, ov, tmp_path / "split")
+    split = train("star", ov, output_dir=tmp_path / "split", resume=True)
+    a, b = _weights(full), _weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    fixed = _weights(train("star", [*ov[:-2], "unlearn.ddim_steps=8"], output_dir=tmp_path / "fixed"))
+    assert any(not torch.equal(a[k], fixed[k]) for k in a)
+    with pytest.raises(ConfigError, match="sampling.pool > 0"):
+        resolve_config("star", ["attack.resample_xt=true", "sampling.pool=0"])
+
+
 def test_output_dir_guard(tmp_path):
     ov = TINY + ["iterations=1", "attack.enabled=false", "retain.space=encoder"]
     run = train("red", ov, output_dir=tmp_path / "r")

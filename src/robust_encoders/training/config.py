@@ -255,6 +255,11 @@ class AttackSettings(_Section):
                   "restart_steps steps (an evaluation-strength adversary now and then); 0 = never."},
     )
     restart_steps: int = field(default=60, metadata={"help": "Steps of a restarted round (restart_every > 0)."})
+    resample_xt: bool = field(
+        default=False,
+        metadata={"help": "Every attack step draws another x_t of each prompt's pooled trajectory (a new timestep), "
+                  "as the evaluation attacks do, instead of fitting the iteration's one (x_t, t); needs sampling.pool > 0."},
+    )
 
     def validate(self) -> None:
         _check(isinstance(self.warmup, int) and self.warmup >= 0, "attack.warmup must be an integer >= 0.")
@@ -592,6 +597,11 @@ class TrainConfig:
             v = getattr(self, f.name)
             if dataclasses.is_dataclass(v):
                 v.validate()
+        _check(
+            not self.attack.resample_xt or self.sampling.pool > 0,
+            "attack.resample_xt=true draws other steps of pooled trajectories: set sampling.pool > 0 "
+            "(e.g. sampling.pool=16), or attack.resample_xt=false.",
+        )
 
     # -- conversions ------------------------------------------------------------------------------------------
     @classmethod

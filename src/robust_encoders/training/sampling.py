@@ -40,13 +40,18 @@ def derived_generator(*parts) -> torch.Generator:
 
 @dataclass
 class XtBatch:
-    """A batch of frozen-model samples: latents x_t, timesteps, eps0 targets, prompt indices."""
+    """A batch of frozen-model samples: latents x_t, timesteps, eps0 targets, prompt indices.
+
+    ``source`` (pooled samples only) names each sample's trajectory as (chunk id, row), so that
+    :meth:`TrajectoryPool.resample` can serve other steps of the same trajectories.
+    """
 
     latents: torch.Tensor
     timesteps: torch.Tensor
     eps_cond: torch.Tensor
     eps_uncond: torch.Tensor | None
     prompt_index: torch.Tensor
+    source: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.latents.shape[0])
@@ -155,11 +160,31 @@ class TrajectoryPool:
         ids = sorted(self._chunks)
         per = self.refresh * self.ddim_steps
         flat = torch.randint(len(ids) * per, (n,), generator=gen).tolist()
-        lat, ts, ec, eu, pi = [], [], [], [], []
+        picks = []
         for f in flat:
             c, rest = divmod(f, per)
             row, s = divmod(rest, self.ddim_steps)
-            traj, pidx = self._chunks[ids[c]]
+            picks.append((ids[c], row, s))
+        return self._gather(picks)
+
+    def resample(self, batch: XtBatch, gen: torch.Generator) -> XtBatch:
+        """Other x_t of the same trajectories as ``batch`` (same prompts and noise, a new random DDIM step each).
+
+        The inner attack uses this to optimise over timesteps instead of fitting one (x_t, t) per prompt.
+        """
+        if batch.source is None:
+            raise ValueError(
+                f"The {self.name} batch has no trajectory source: resampling steps needs a trajectory pool "
+                "(sampling.pool > 0)."
+            )
+        steps = torch.randint(self.ddim_steps, (len(batch),), generator=gen).tolist()
+        return self._gather([(int(c), int(r), s) for (c, r), s in zip(batch.source.tolist(), steps, strict=True)])
+
+    def _gather(self, picks: list[tuple[int, int, int]]) -> XtBatch:
+        """Stack the samples (chunk id, row, step) of held trajectories into an :class:`XtBatch`."""
+        lat, ts, ec, eu, pi = [], [], [], [], []
+        for j, row, s in picks:
+            traj, pidx = self._chunks[j]
             lat.append(traj.latents[s, row])
             ts.append(traj.timesteps[s])
             ec.append(traj.eps_cond[s, row])
@@ -167,7 +192,8 @@ class TrajectoryPool:
                 eu.append(traj.eps_uncond[s, row])
             pi.append(pidx[row])
         return XtBatch(
-            torch.stack(lat), torch.stack(ts), torch.stack(ec), torch.stack(eu) if eu else None, torch.stack(pi)
+            torch.stack(lat), torch.stack(ts), torch.stack(ec), torch.stack(eu) if eu else None, torch.stack(pi),
+            torch.tensor([(j, row) for j, row, _ in picks]),
         )
 
     def _fresh(self, n: int, step: int, gen: torch.Generator) -> XtBatch:

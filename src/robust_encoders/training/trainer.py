@@ -647,9 +647,15 @@ class Trainer:
         lat = xb.latents.to(self.device, self.frozen_dtype)
         ts = xb.timesteps.to(self.device)
         target = xb.eps_cond.to(self.device)
+        xt_gen = derived_generator(self.cfg.seed, "attack-xt", self.rank, step) if a.resample_xt else None
 
         def loss_fn(enc):
-            return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
+            if xt_gen is None:
+                return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
+            b = self.forget_pool.resample(xb, xt_gen)  # a new timestep of the same trajectories every step
+            eps = predict_eps(self.unet, b.latents.to(self.device, self.frozen_dtype), b.timesteps.to(self.device),
+                              self._cond_of(enc))
+            return _mse_per_sample(eps, b.eps_cond.to(self.device))
 
         was_training = self.model.training
         self.model.eval()
