@@ -99,3 +99,27 @@ def test_reports(tmp_path):
     from PIL import Image
 
     assert Image.open(path).size[0] > 128
+
+
+def test_wilson_interval_bounds_and_errors():
+    from robust_encoders.evaluation.metrics import wilson_interval
+
+    lo, hi = wilson_interval(50, 100)
+    assert abs(lo - 0.4038) < 1e-3 and abs(hi - 0.5962) < 1e-3  # textbook value for 50/100
+    assert wilson_interval(0, 24)[0] == 0.0 and wilson_interval(24, 24)[1] == 1.0
+    assert wilson_interval(1, 24)[1] > wilson_interval(1, 96)[1]  # more prompts, narrower interval
+    with pytest.raises(ValueError, match="successes <= n"):
+        wilson_interval(5, 4)
+
+
+def test_asr_chart_draws_interval_whiskers(tmp_path):
+    from PIL import Image
+
+    from robust_encoders.evaluation.report import save_asr_chart
+
+    row = {"encoder": "ours", "concept": "star", "pre_asr": 0.0, "asr": {"soft_prompt": 5 / 24}}
+    dark = []
+    for name, extra in (("plain", {}), ("with_n", {"n_prompts": 24})):
+        img = Image.open(save_asr_chart([{**row, **extra}], tmp_path / f"{name}.png")).convert("RGB")
+        dark.append(sum(1 for px in img.getdata() if px == (40, 40, 40)))
+    assert dark[1] - dark[0] > 20  # whiskers only where the prompt count is known

@@ -97,6 +97,8 @@ def test_cli_evaluate_and_attack(tmp_path, pipe):
     res = json.loads((out / "result.json").read_text())
     assert res["encoder"] == "run" and list(res["asr"]) == ["synonym"]
     assert (out / "grid.png").exists() and (out / "table.md").exists()
+    row = (out / "table.md").read_text().splitlines()[2]  # rates with their 95% interval over the 2 prompts
+    assert row.startswith("| run | star | ") and row.count("% [") == 2
     code = main(["attack", "--encoder", "original", "--concept", "star", "--attack", "synonym",
                  "--prompt", "a red star", "--steps", "2", "--out", str(tmp_path / "atk")])
     assert code == 0 and json.loads((tmp_path / "atk" / "attack.json").read_text())["attack"] == "synonym"

@@ -27,6 +27,7 @@ if TYPE_CHECKING:  # static analysers see the real imports; at run time they loa
         attack_success_rate,
         frechet_distance,
         retain_accuracy,
+        wilson_interval,
     )
     from .prompts import (  # noqa: F401
         PromptItem,
@@ -50,6 +51,7 @@ _EXPORTS: dict[str, str] = {
     "attack_success_rate": ".metrics",
     "frechet_distance": ".metrics",
     "retain_accuracy": ".metrics",
+    "wilson_interval": ".metrics",
     "PromptItem": ".prompts",
     "load_prompt_csv": ".prompts",
     "miniature_forget_prompts": ".prompts",
@@ -75,6 +77,7 @@ __all__ = [
     "miniature_retain_prompts",
     "retain_accuracy",
     "save_grid",
+    "wilson_interval",
 ]
 
 

@@ -106,7 +106,7 @@ class EvalResult:
         paths = {"json": out / "result.json", "details": out / "details.json", "markdown": out / "table.md"}
         paths["json"].write_text(json.dumps(self.summary, indent=2) + "\n")
         paths["details"].write_text(json.dumps(self.details, indent=2) + "\n")
-        paths["markdown"].write_text(markdown_table([self.summary], details=self.details) + "\n")
+        paths["markdown"].write_text(markdown_table([self.summary], details=self.details, intervals=True) + "\n")
         if self.grid:
             paths["grid"] = save_grid(self.grid, out / "grid.png")
         return paths

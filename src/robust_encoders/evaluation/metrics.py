@@ -22,6 +22,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -31,6 +32,7 @@ __all__ = [
     "attack_success_rate",
     "frechet_distance",
     "retain_accuracy",
+    "wilson_interval",
 ]
 
 
@@ -41,6 +43,26 @@ def attack_success_rate(pre: Sequence[bool], attacked: Sequence[bool]) -> float:
     if not pre:
         raise ValueError("ASR over an empty prompt set is undefined.")
     return sum(bool(p) or bool(a) for p, a in zip(pre, attacked, strict=True)) / len(pre)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a rate ``successes / n`` (default: 95%), as fractions.
+
+    With the 24 prompts of a miniature evaluation one prompt is 4.2 points, and a measured 5/24 (20.8%) is
+    compatible with anything from 9% to 40%:
+
+    >>> [round(100 * x, 1) for x in wilson_interval(5, 24)]
+    [9.2, 40.5]
+    >>> [round(100 * x, 1) for x in wilson_interval(0, 24)]
+    [0.0, 13.8]
+    """
+    if n < 1 or not 0 <= successes <= n:
+        raise ValueError(f"wilson_interval needs 0 <= successes <= n and n >= 1, got {successes} of {n}.")
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def retain_accuracy(predictions: dict[str, torch.Tensor], labels: Sequence[dict[str, str]],

@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .metrics import wilson_interval
+
 __all__ = ["markdown_table", "save_asr_chart", "save_grid"]
 
 
@@ -28,13 +30,25 @@ def _num(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _rate(x, n, intervals: bool) -> str:
+    if x is None or not intervals or not isinstance(n, int) or n < 1:
+        return _pct(x)
+    lo, hi = wilson_interval(round(float(x) * n), n)
+    return f"{100 * x:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}]"
+
+
 def markdown_table(rows: Sequence[dict[str, Any]], *, details: dict[str, Any] | None = None,
-                   extra_columns: Sequence[str] = ()) -> str:
+                   extra_columns: Sequence[str] = (), intervals: bool = False) -> str:
     """A markdown table with one row per result (results-schema dicts); rates in percent.
 
     ``extra_columns`` are additional keys read from each row (e.g. ``"training time (s)"``).
-    With ``details`` (one evaluation's per-prompt records) a second table lists the prompts,
-    whether each attack broke them, and the adversarial prompts found.
+    With ``intervals`` every Pre-ASR and ASR cell also gives its 95% Wilson interval over the row's
+    ``n_prompts`` (``20.8% [9-40]``). With ``details`` (one evaluation's per-prompt records) a second
+    table lists the prompts, whether each attack broke them, and the adversarial prompts found.
+
+    >>> row = {"encoder": "ours", "concept": "star", "n_prompts": 24, "pre_asr": 0.0, "asr": {"soft_prompt": 5 / 24}}
+    >>> print(markdown_table([row], intervals=True).splitlines()[2])
+    | ours | star | 0.0% [0-14] | 20.8% [9-40] | n/a | n/a | n/a | n/a |
     """
     attacks: list[str] = []
     for r in rows:
@@ -45,8 +59,9 @@ def markdown_table(rows: Sequence[dict[str, Any]], *, details: dict[str, Any] | 
             "time (s)", *extra_columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
     for r in rows:
-        cells = [str(r.get("encoder")), str(r.get("concept")), _pct(r.get("pre_asr"))]
-        cells += [_pct(r.get("asr", {}).get(a)) for a in attacks]
+        n = r.get("n_prompts")
+        cells = [str(r.get("encoder")), str(r.get("concept")), _rate(r.get("pre_asr"), n, intervals)]
+        cells += [_rate(r.get("asr", {}).get(a), n, intervals) for a in attacks]
         cells += [_pct(r.get("retain_accuracy")), _num(r.get("clip_score")), _num(r.get("fid")),
                   _num(r.get("timing_s", {}).get("total"), 1)]
         for c in extra_columns:
@@ -125,7 +140,9 @@ def save_asr_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, b
                    height: int = 160) -> Path:
     """PNG bar chart of Pre-ASR and ASR per attack, one group of bars per result (e.g. per encoder and concept).
 
-    Bars are percentages on a shared 0-100% axis; the legend maps colours to Pre-ASR and the attacks.
+    Bars are percentages on a shared 0-100% axis; the legend maps colours to Pre-ASR and the attacks. Where a
+    result says how many prompts it used (``n_prompts``), each bar carries a whisker for its 95% Wilson interval,
+    so differences smaller than the prompt set can resolve are visibly within noise.
 
     >>> import tempfile, os
     >>> row = {"encoder": "esd", "concept": "star", "pre_asr": 0.0, "asr": {"unlearndiffatk": 0.75}}
@@ -151,11 +168,18 @@ def save_asr_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, b
     for i, r in enumerate(rows):
         x0 = left + i * group + 7
         values = [r.get("pre_asr")] + [r.get("asr", {}).get(s[4:]) for s in series[1:]]
+        n = r.get("n_prompts")
         for j, v in enumerate(values):
             if v is None:
                 continue
             x = x0 + j * bar
             d.rectangle([x, base - round(height * float(v)), x + bar - 2, base], fill=_PALETTE[j % len(_PALETTE)])
+            if isinstance(n, int) and n > 0:
+                lo, hi = wilson_interval(round(float(v) * n), n)
+                xm = x + (bar - 2) // 2
+                y_lo, y_hi = base - round(height * lo), base - round(height * hi)
+                d.line([(xm, y_lo), (xm, y_hi)], fill=(40, 40, 40))
+                d.line([(xm - 2, y_hi), (xm + 2, y_hi)], fill=(40, 40, 40))
         d.text((x0, base + 4), str(r.get("encoder"))[:12], fill="black")
         d.text((x0, base + 18), str(r.get("concept"))[:12], fill=(90, 90, 90))
     for j, name in enumerate(series):
