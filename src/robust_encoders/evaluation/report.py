@@ -30,11 +30,16 @@ def _num(x, digits: int = 3) -> str:
     return "n/a" if x is None else f"{x:.{digits}f}"
 
 
+def _interval(rate, n) -> tuple[float, float] | None:
+    """95% Wilson interval of a rate measured over ``n`` prompts (None where the count is unknown)."""
+    if rate is None or not isinstance(n, int) or n < 1:
+        return None
+    return wilson_interval(round(float(rate) * n), n)
+
+
 def _rate(x, n, intervals: bool) -> str:
-    if x is None or not intervals or not isinstance(n, int) or n < 1:
-        return _pct(x)
-    lo, hi = wilson_interval(round(float(x) * n), n)
-    return f"{100 * x:.1f}% [{100 * lo:.0f}-{100 * hi:.0f}]"
+    ci = _interval(x, n) if intervals else None
+    return _pct(x) if ci is None else f"{100 * x:.1f}% [{100 * ci[0]:.0f}-{100 * ci[1]:.0f}]"
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], *, details: dict[str, Any] | None = None,
@@ -174,8 +179,9 @@ def save_asr_chart(rows: Sequence[dict[str, Any]], path: str | os.PathLike, *, b
                 continue
             x = x0 + j * bar
             d.rectangle([x, base - round(height * float(v)), x + bar - 2, base], fill=_PALETTE[j % len(_PALETTE)])
-            if isinstance(n, int) and n > 0:
-                lo, hi = wilson_interval(round(float(v) * n), n)
+            ci = _interval(v, n)
+            if ci is not None:
+                lo, hi = ci
                 xm = x + (bar - 2) // 2
                 y_lo, y_hi = base - round(height * lo), base - round(height * hi)
                 d.line([(xm, y_lo), (xm, y_hi)], fill=(40, 40, 40))

@@ -644,18 +644,13 @@ class Trainer:
             acfg = dataclasses.replace(acfg, steps=a.restart_steps, init="token")
             self.attack_states[chain] = None
         attack = PromptAttack(self.te, self.tokenizer, acfg, vocab_ids=self._vocab_ids)
-        lat = xb.latents.to(self.device, self.frozen_dtype)
-        ts = xb.timesteps.to(self.device)
-        target = xb.eps_cond.to(self.device)
+        fixed = self._on_device(xb)
         xt_gen = derived_generator(self.cfg.seed, "attack-xt", self.rank, step) if a.resample_xt else None
 
         def loss_fn(enc):
-            if xt_gen is None:
-                return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
-            b = self.forget_pool.resample(xb, xt_gen)  # a new timestep of the same trajectories every step
-            eps = predict_eps(self.unet, b.latents.to(self.device, self.frozen_dtype), b.timesteps.to(self.device),
-                              self._cond_of(enc))
-            return _mse_per_sample(eps, b.eps_cond.to(self.device))
+            # the iteration's (x_t, t), or a new timestep of the same trajectories at every step
+            lat, ts, target = fixed if xt_gen is None else self._on_device(self.forget_pool.resample(xb, xt_gen))
+            return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
 
         was_training = self.model.training
         self.model.eval()
@@ -668,6 +663,10 @@ class Trainer:
             self._vocab_ids = attack.vocab_ids
         self.attack_states[chain] = res.state
         return res, fresh
+
+    def _on_device(self, b) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """An :class:`XtBatch`'s x_t (frozen dtype), timesteps and eps0(x_t, c) on the training device."""
+        return b.latents.to(self.device, self.frozen_dtype), b.timesteps.to(self.device), b.eps_cond.to(self.device)
 
     def _adv_encoded(self, res, idx: list[int]):
         """Re-encode adversarial prompts ``idx`` with the current encoder (gradients reach its weights)."""
@@ -743,9 +742,9 @@ class Trainer:
             t_sample += t_retain_sample
             t0 += t_retain_sample
             rp = [self.retain_prompts[int(i)] for i in rb.prompt_index]
+            r_lat, r_ts, r_target = self._on_device(rb)
             parts.append(_Part(
-                "retain", rb.latents.to(self.device, self.frozen_dtype), rb.timesteps.to(self.device),
-                lambda idx: self._encode_cond([rp[i] for i in idx]), rb.eps_cond.to(self.device), r.weight / len(rp),
+                "retain", r_lat, r_ts, lambda idx: self._encode_cond([rp[i] for i in idx]), r_target, r.weight / len(rp),
             ))
         # UNet passes of the trained branch, in chunks: one batched call for everything (default), one call per
         # part (reference), or micro-batches of `engine.micro_batch` samples, each back-propagated at once so only
