@@ -23,6 +23,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -73,6 +75,21 @@ def _text_transformer(text_encoder):
     return getattr(text_encoder, "text_model", text_encoder)
 
 
+@functools.cache
+def _cache_keyword() -> str:
+    """The name ``create_causal_mask`` gives its KV-cache argument (``past_key_values`` was renamed ``cache``)."""
+    from transformers.masking_utils import create_causal_mask
+
+    return "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+
+
+def _causal_mask(cfg, hidden: torch.Tensor):
+    """The causal self-attention mask ``CLIPTextTransformer`` builds for ``hidden`` (no padding mask, no cache)."""
+    from transformers.masking_utils import create_causal_mask
+
+    return create_causal_mask(config=cfg, inputs_embeds=hidden, attention_mask=None, **{_cache_keyword(): None})
+
+
 def encode_from_token_embeds(
     text_encoder,
     token_embeds: torch.Tensor,
@@ -85,8 +102,6 @@ def encode_from_token_embeds(
     ``input_ids`` only locates the end-of-text token for pooling (and must have the same
     length); the embeddings themselves may be anything, e.g. adversarial soft tokens.
     """
-    from transformers.masking_utils import create_causal_mask
-
     if isinstance(text_encoder, TextEncoderPair):
         return text_encoder.encode_from_token_embeds(token_embeds, input_ids)
     tm = _text_transformer(text_encoder)
@@ -94,7 +109,7 @@ def encode_from_token_embeds(
     seq = token_embeds.shape[1]
     pos = tm.embeddings.position_ids[:, :seq]
     hidden = token_embeds + tm.embeddings.position_embedding(pos)
-    mask = create_causal_mask(config=cfg, inputs_embeds=hidden, attention_mask=None, past_key_values=None)
+    mask = _causal_mask(cfg, hidden)
     captured: list[torch.Tensor] = []
     hook = None
     if need_penultimate:  # hidden_states[-2] of the HF model = the input of the last layer (transformers 5 only
