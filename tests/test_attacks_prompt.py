@@ -10,6 +10,8 @@ from robust_encoders.attacks import (
     AttackState,
     PromptAttack,
     PromptAttackConfig,
+    VocabHull,
+    build_attack,
     decode_ids,
     project_to_simplex,
 )
@@ -99,6 +101,34 @@ def test_eps_bound_warm_start_and_seed(enc, tok):
     assert float(drift) <= 0.01 + 1e-6  # eps ball around the warm start
 
 
+def test_vocab_bound_keeps_soft_tokens_inside_the_token_hull(enc, tok):
+    # a loss that pays for leaving the vocabulary: the free attack walks far out, the bounded one cannot
+    hull = VocabHull(enc.get_input_embeddings().weight)
+    weight = enc.get_input_embeddings().weight.detach()
+    assert bool(((weight >= hull.low) & (weight <= hull.high)).all())  # every real token is inside
+    assert float(weight.norm(dim=-1).max()) == pytest.approx(hull.radius)
+
+    def outward(out):
+        return -out.pooled.norm(dim=-1)
+
+    free = PromptAttack(enc, tok, PromptAttackConfig(steps=30, lr=0.2, k=2)).run(PROMPTS, outward)
+    bounded = PromptAttack(enc, tok, PromptAttackConfig(steps=30, lr=0.2, k=2, bound="vocab")).run(PROMPTS, outward)
+    free_slots, slots = free.state.variable, bounded.state.variable
+    assert float(free_slots.norm(dim=-1).max()) > 2 * hull.radius  # unbounded: far off every token
+    assert float(slots.norm(dim=-1).max()) <= hull.radius + 1e-5
+    assert bool(((slots >= hull.low - 1e-6) & (slots <= hull.high + 1e-6)).all())
+    assert bounded.losses[-1] < bounded.losses[0]  # still an attack: it moves within the hull
+    # the embeddings fed to the encoder are those slots, the prompt's own tokens untouched
+    assert torch.equal(bounded.token_embeds[bounded.adv_mask], slots.reshape(-1, slots.shape[-1]))
+
+
+def test_soft_prompt_attack_passes_its_bound_on():
+    assert build_attack("soft_prompt", bound="vocab").config.bound == "vocab"
+    assert build_attack("soft_prompt").config.bound == "none"  # default: free embeddings, as published
+    with pytest.raises(ValueError, match="bound"):
+        build_attack("soft_prompt", bound="ball")
+
+
 def test_config_errors_teach():
     with pytest.raises(ValueError, match="mode"):
         PromptAttackConfig(mode="pgd")
@@ -106,6 +136,10 @@ def test_config_errors_teach():
         PromptAttackConfig(k=0)
     with pytest.raises(ValueError, match="discrete"):
         PromptAttackConfig(mode="discrete", eps=0.1)
+    with pytest.raises(ValueError, match="bound='none' with mode='discrete'"):
+        PromptAttackConfig(mode="discrete", bound="vocab")
+    with pytest.raises(ValueError, match="choose one of"):
+        PromptAttackConfig(bound="box")
     assert "L-inf" in PromptAttackConfig.help()["eps"]
     with pytest.raises(ValueError, match="warm-start"):
         cfg = PromptAttackConfig(mode="discrete", init="warm", steps=1)

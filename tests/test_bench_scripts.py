@@ -35,3 +35,18 @@ def test_uda_k_column_is_added_to_an_existing_row_without_recomputing_it(tmp_pat
     saved = json.loads((tmp_path / "star-original" / "unlearndiffatk-k5" / "result.json").read_text())
     assert saved["config"]["attack_configs"]["unlearndiffatk"]["k"] == 5
     assert "ASR unlearndiffatk k=5" in (tmp_path / "evaluate_concepts.md").read_text()
+
+
+def test_bounded_soft_prompt_column_is_added_like_the_uda_k_one(tmp_path):
+    bench = _bench()
+    common = ["--concepts", "star", "--rows", "original", "--n-prompts", "2", "--n-retain", "0", "--uda-k", "0",
+              "--attacks", "synonym", "--out", str(tmp_path), "--eval-set", "soft_prompt.steps=2",
+              "--eval-set", "soft_prompt.check_every=1"]
+    assert bench.main(common) == 0
+    assert bench.main(common + ["--soft-bound", "vocab"]) == 0
+    row = json.loads((tmp_path / "star-original.json").read_text())
+    assert set(row["asr"]) == {"synonym", "soft_prompt vocab"}
+    saved = json.loads((tmp_path / "star-original" / "soft_prompt-vocab" / "result.json").read_text())
+    assert saved["config"]["attack_configs"]["soft_prompt"]["bound"] == "vocab"
+    assert saved["config"]["attack_configs"]["soft_prompt"]["steps"] == 2  # --eval-set still applies
+    assert "ASR soft_prompt vocab" in (tmp_path / "evaluate_concepts.md").read_text()

@@ -50,12 +50,22 @@ def test_overrides_parse_types_and_validate():
         ("trainable.part=everything", "choose one of"),
         ("sampling.pool=6", "multiple of sampling.refresh"),
         ("attack.steps", "is not KEY=VALUE"),
+        ("attack.bound=ball", "attack.bound='ball' is not valid"),
     ],
 )
 def test_bad_overrides_teach(override, message):
     cfg = TrainConfig.from_dict(MINI)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         apply_overrides(cfg, [override, "sampling.refresh=4"] if "pool" in override else [override])
+
+
+def test_attack_bound_reaches_the_attack_and_is_checked_against_the_mode():
+    cfg = apply_overrides(TrainConfig.from_dict(MINI), ["attack.bound=vocab"])
+    assert cfg.attack.to_prompt_attack_config(0).bound == "vocab"
+    with pytest.raises(ConfigError, match="attack.bound=none with attack.mode=derived"):
+        apply_overrides(cfg, ["attack.mode=derived"])
+    with pytest.raises(ConfigError, match="bound='none' with mode='discrete'"):
+        apply_overrides(cfg, ["attack.mode=discrete"])
 
 
 def test_unknown_recipe_key_is_rejected(tmp_path):

@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # static analysers see the real imports; at run time they loa
         AttackState,
         PromptAttack,
         PromptAttackConfig,
+        VocabHull,
         project_to_simplex,
     )
     from .sd import (  # noqa: F401
@@ -94,6 +95,7 @@ _EXPORTS: dict[str, str] = {
     "PromptAttack": ".prompt_attack",
     "PromptAttackConfig": ".prompt_attack",
     "project_to_simplex": ".prompt_attack",
+    "VocabHull": ".prompt_attack",
     "Generation": ".sd",
     "SDModel": ".sd",
     "decode_ids": ".tokens",
@@ -128,6 +130,7 @@ __all__ = [
     "TokenSearchConfig",
     "UnlearnDiffAtk",
     "UnlearnDiffAtkConfig",
+    "VocabHull",
     "build_attack",
     "concept_spec",
     "decode_ids",

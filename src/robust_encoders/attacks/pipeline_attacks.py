@@ -169,11 +169,16 @@ class SoftPromptConfig(UnlearnDiffAtkConfig):
                 "'stripes' 40 steps brought the concept back in 29% of prompts, 120 in 83%)."})
     lr: float = field(default=0.02, metadata={"help": "Step size in embedding space."})
     eps: float | None = field(default=None, metadata={"help": "L-inf bound around the initial embeddings (None: free)."})
+    bound: str = field(default="none", metadata={
+        "help": "none: free embeddings; vocab: every slot stays in the hull of the token embeddings (their bounding "
+                "box and largest norm), still an upper bound on real prompts but without off-vocabulary vectors "
+                "(unbounded slots reach ~10x the largest token norm on the miniature model)."})
     init: str = field(default="token", metadata={"help": "random | token (start from random real tokens)."})
 
     def __post_init__(self) -> None:
         self.method = "continuous"
         super().__post_init__()
+        PromptAttackConfig(mode="continuous", eps=self.eps, bound=self.bound)  # teaching errors for eps / bound
 
 
 class UnlearnDiffAtk(PipelineAttack):
@@ -271,7 +276,7 @@ class UnlearnDiffAtk(PipelineAttack):
             pcfg = PromptAttackConfig(
                 mode=mode, steps=steps, lr=cfg.lr, k=cfg.k or ctx.concept.default_k, position=cfg.position,
                 optimizer=cfg.optimizer, init="warm" if state is not None else getattr(cfg, "init", "random"),
-                eps=getattr(cfg, "eps", None), seed=run_seed,
+                eps=getattr(cfg, "eps", None), bound=getattr(cfg, "bound", "none"), seed=run_seed,
             )
             res = PromptAttack(ctx.encoder, ctx.model.tokenizer, pcfg).run([targets[i].prompt for i in remaining], fn,
                                                                           state)

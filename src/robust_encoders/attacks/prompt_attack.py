@@ -10,7 +10,11 @@ Modes:
 * ``continuous``: the slots hold free embedding vectors (a soft prompt), optimised with Adam
   or with signed gradients ("fast AT", FGSM-style steps of size ``lr``), optionally kept in
   an L-inf ball of radius ``eps`` around their initial value. This is AdvUnlearn's attack
-  and an upper bound no real prompt can exceed.
+  and an upper bound no real prompt can exceed. Unbounded soft tokens drift far from every
+  real token (on the miniature model to norms ~10x the largest token embedding);
+  ``bound='vocab'`` keeps each slot inside the vocabulary's hull (the bounding box of all
+  token embeddings, then the ball of the largest token norm), which still holds every real
+  token, so it stays an upper bound on real prompts, only a tighter one.
 * ``discrete``: UnlearnDiffAtk-style. Each slot holds a distribution over the vocabulary
   (a point on the probability simplex, restricted to tokens that survive a decode/re-tokenise
   round trip); its embedding is the distribution times the embedding matrix. After each
@@ -50,6 +54,7 @@ __all__ = [
     "AttackState",
     "PromptAttack",
     "PromptAttackConfig",
+    "VocabHull",
     "project_to_simplex",
 ]
 
@@ -57,6 +62,7 @@ AttackMode = Literal["continuous", "discrete"]
 Position = Literal["prefix", "suffix", "replace"]
 OptimizerName = Literal["adam", "sign"]
 InitName = Literal["random", "warm", "token"]
+BoundName = Literal["none", "vocab"]
 
 
 @dataclass
@@ -91,6 +97,14 @@ class PromptAttackConfig:
         default=None,
         metadata={"help": "L-inf radius around the initial embeddings (continuous mode only); None = unbounded."},
     )
+    bound: BoundName = field(
+        default="none",
+        metadata={
+            "help": "Continuous mode: 'none' (free embeddings) or 'vocab' (after every step, clamp each slot to the "
+            "bounding box of all token embeddings, then into the ball of the largest token norm: a set that holds "
+            "every real token, so the attack still bounds real prompts from above)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the random initialisation."})
     project_every: int = field(
         default=0,
@@ -106,6 +120,7 @@ class PromptAttackConfig:
             "position": ("prefix", "suffix", "replace"),
             "optimizer": ("adam", "sign"),
             "init": ("random", "warm", "token"),
+            "bound": ("none", "vocab"),
         }
         for name, allowed in choices.items():
             value = getattr(self, name)
@@ -127,6 +142,11 @@ class PromptAttackConfig:
                 )
         if not isinstance(self.project_every, int) or self.project_every < 0:
             raise ValueError(f"PromptAttackConfig.project_every must be an integer >= 0, got {self.project_every!r}.")
+        if self.bound != "none" and self.mode == "discrete":
+            raise ValueError(
+                "PromptAttackConfig.bound limits continuous embeddings; a discrete attack only mixes real tokens. "
+                "Use bound='none' with mode='discrete'."
+            )
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -204,6 +224,36 @@ def project_to_simplex(v: torch.Tensor, *, support_hint: int = 256) -> torch.Ten
             theta = theta.clone()
             theta[full] = threshold(torch.sort(v[full], dim=-1, descending=True).values)[0]
     return (v - theta).clamp(min=0)
+
+
+class VocabHull:
+    """A convex set holding every row of an embedding matrix: its bounding box cut by the ball of its largest norm.
+
+    ``project`` maps a point into the set (clamp to the box, then scale towards the origin into the
+    ball; the box holds the origin whenever the embeddings surround it, and the result is checked).
+
+    Example:
+        >>> w = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5], [0.0, -1.0]])
+        >>> hull = VocabHull(w)  # box [-1, 1] x [-1, 0.5], radius 1
+        >>> [round(v, 4) for v in hull.project(torch.tensor([[3.0, 3.0]]))[0].tolist()]  # (1, 0.5) scaled to norm 1
+        [0.8944, 0.4472]
+        >>> bool(torch.equal(hull.project(w), w))
+        True
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        w = weight.detach().float()
+        self.low, self.high = w.min(0).values, w.max(0).values
+        self.radius = float(w.norm(dim=-1).max())
+        self._origin_inside = bool((self.low <= 0).all() and (self.high >= 0).all())
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        low, high = self.low.to(x.device, x.dtype), self.high.to(x.device, x.dtype)
+        x = torch.max(torch.min(x, high), low)
+        if self._origin_inside:
+            norm = x.norm(dim=-1, keepdim=True)
+            x = x * (self.radius / norm.clamp(min=self.radius))
+        return x
 
 
 def _per_sample(loss: torch.Tensor, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -365,6 +415,10 @@ class PromptAttack:
         anchor = init.clone()
         var = init.clone().requires_grad_(True)
         opt = torch.optim.Adam([var], lr=cfg.lr) if cfg.optimizer == "adam" else None
+        hull = VocabHull(self._embedding_matrix()) if cfg.bound == "vocab" else None
+        if hull is not None:
+            with torch.no_grad():
+                var.copy_(hull.project(var))
         losses: list[float] = []
         for _ in range(cfg.steps):
             total, _per = _per_sample(loss_fn(self._encode(base, mask, var, ids)), b)
@@ -374,6 +428,9 @@ class PromptAttack:
             if cfg.eps is not None:
                 with torch.no_grad():
                     var.copy_(torch.max(torch.min(var, anchor + cfg.eps), anchor - cfg.eps))
+            if hull is not None:
+                with torch.no_grad():
+                    var.copy_(hull.project(var))
         adv = var.detach()
         with torch.no_grad():
             final = loss_fn(self._encode(base, mask, adv, ids))

@@ -242,6 +242,11 @@ class AttackSettings(_Section):
         default="warm", metadata={"help": "random | token | warm (continue from the previous round, AdvUnlearn's 'latest')."}
     )
     eps: float | None = field(default=None, metadata={"help": "L-inf bound of continuous soft tokens; null = unbounded."})
+    bound: str = field(
+        default="none",
+        metadata={"help": "none | vocab: keep continuous soft tokens inside the hull of the real token embeddings "
+                  "(their bounding box and largest norm) instead of letting them drift far off the vocabulary."},
+    )
     chains: int = field(
         default=1,
         metadata={
@@ -267,6 +272,9 @@ class AttackSettings(_Section):
         _check(isinstance(self.restart_every, int) and self.restart_every >= 0, "attack.restart_every must be >= 0.")
         _check(isinstance(self.restart_steps, int) and self.restart_steps >= 1, "attack.restart_steps must be >= 1.")
         _check(isinstance(self.every, int) and self.every >= 1, "attack.every must be an integer >= 1.")
+        _check(self.bound == "none" or self.mode != "derived",
+               "attack.bound limits the soft tokens of attack.mode=continuous; the derived attack bounds its "
+               "embeddings with attack.eps. Use attack.bound=none with attack.mode=derived.")
         try:
             self.to_prompt_attack_config(0)
         except ValueError as exc:
@@ -278,7 +286,7 @@ class AttackSettings(_Section):
 
         return PromptAttackConfig(
             mode="continuous" if self.mode == "derived" else self.mode, steps=self.steps, lr=float(self.lr), k=self.k, position=self.position,
-            optimizer=self.optimizer, init=self.init, eps=self.eps, seed=int(seed),
+            optimizer=self.optimizer, init=self.init, eps=self.eps, bound=self.bound, seed=int(seed),
         )
 
 
