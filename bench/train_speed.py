@@ -216,6 +216,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sd-attack-steps", type=int, default=2, help="SD-1.5-sized: attack steps actually run.")
     ap.add_argument("--sd-ddim-steps", type=int, default=4, help="SD-1.5-sized: DDIM steps actually run.")
     ap.add_argument("--concept", default="star", help="Miniature concept.")
+    ap.add_argument("--context", default="", help="What else ran on the machine (printed beside the device).")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "train_speed.md"))
     args = ap.parse_args(argv)
     if args.worker:
@@ -248,7 +249,7 @@ def main(argv=None) -> int:
                     f"batch {cfg.unlearn.batch_size}+{cfg.retain.batch_size}, 1 UNet")
             rows.append(["miniature", key, desc, "measured", t, ref_t / t, res[key], res["reference"]])
         notes.append(f"miniature: mean of iterations 2..N (N = {args.reference_iterations} reference, "
-                     f"{args.iterations} ours; iteration 1 fills our trajectory pools once, "
+                     f"{args.iterations} ours and fast; iteration 1 fills our trajectory pools once, "
                      f"{res['ours']['steps'][0]['time_s']:.2f} s).")
     if "sd15" in models:
         sd = str(RECIPES / "advunlearn_sd14.yaml")
@@ -299,7 +300,7 @@ def main(argv=None) -> int:
         "",
         f"Command: `OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '?')} python bench/train_speed.py "
         + " ".join(a for a in (argv if argv is not None else sys.argv[1:])) + "`",
-        f"Device: {dev}. torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d')}.",
+        f"Device: {dev}{f' ({args.context})' if args.context else ''}. torch {torch.__version__}. Date: {time.strftime('%Y-%m-%d')}.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
