@@ -5,7 +5,7 @@ Rows (per concept):
     esd         ESD-style text-encoder erasure, no adversarial training   (train ... attack.enabled=false), 300 it
     advunlearn  AdvUnlearn's reference recipe: continuous k=1 prefix attack, 30 steps, lr 1e-3, warm start, 300 it
     ours        the project's default miniature recipe (600 iterations, 16 warm-started k=3 attack steps)
-    fast        ours with 4 attack steps per iteration instead of 16 (opt-in, --rows; ~3.3x the reference's speed)
+    fast        ours with 4 attack steps per iteration instead of 16 (opt-in, --rows; 3.7x the reference's speed)
     lora        the default recipe with LoRA adapters      (train ... trainable.part=lora optim.lr=1e-3)
     ours+<opt>  opt-in (--rows): one trainer option on top of "ours" (anchor, neighbors, surgery, eot, derived),
                 and ours+combo (anchor + neighbors + surgery + eot); see README "Trainer options"
@@ -212,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         over[attack] = {**over.get(attack, {}), **setting}
         cfg = EvalConfig(concept=concept, n_prompts=args.n_prompts, n_retain=0, seed=args.seed,
                          attacks=(attack,), attack_overrides=over)
-        tag = "".join(f"-{k[0] if k == 'k' else ''}{v}" for k, v in setting.items())
+        tag = "".join(f"-k{v}" if k == "k" else f"-{v}" for k, v in setting.items())  # unlearndiffatk-k5, ...
         print(f"[bench] evaluating {concept}/{row} with {attack}{tag}", flush=True)
         res = evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=row)
         res.save(out / f"{concept}-{row}" / f"{attack}{tag}")

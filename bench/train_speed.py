@@ -8,11 +8,11 @@ Rows per model:
   UNet for the original branch: ``engine.share_unet=false``), the frozen encoder re-run on
   every call (``engine.cache_original=false``), separate UNet passes for the unlearning and
   retain losses (``engine.fused_unet_batch=false``).
-* ``fast`` (miniature): ``ours`` with 4 attack steps instead of 16 (``bench/evaluate_concepts.py --rows fast``
-  measures its robustness).
 * ``ours``: the recipe defaults (``recipes/miniature_default.yaml`` on the miniature model,
   ``recipes/advunlearn_sd14.yaml`` on the SD-1.5-sized model: same hyper-parameters as the
   reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, fused passes).
+* ``fast`` (miniature): ``ours`` with 4 attack steps instead of 16 (``bench/evaluate_concepts.py --rows fast``
+  measures its robustness).
 
 Models: the embedded miniature pipeline, and an SD-1.5-sized pipeline with random weights
 built from config (CLIP text encoder 768 x 12 layers, vocabulary 49,408; UNet 320/640/1280/1280;
@@ -47,6 +47,17 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RECIPES = ROOT / "recipes"
 
+
+def _load_rows() -> dict[str, list[str]]:
+    """``ROWS`` of the sibling bench/evaluate_concepts.py (loaded by path: bench/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("evaluate_concepts", Path(__file__).with_name("evaluate_concepts.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.ROWS
+
+
 REFERENCE_ENGINE = [
     "sampling.pool=0", "sampling.retain_pool=0", "engine.share_unet=false", "engine.cache_original=false",
     "engine.fused_unet_batch=false",
@@ -56,8 +67,8 @@ ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied t
     "unlearn.ddim_steps=50", "unlearn.batch_size=1", "unlearn.include_clean=false", "retain.batch_size=5",
     "retain.space=unet", "retain.include_empty=false",
 ]
-#: the "fast" row of bench/evaluate_concepts.py (the default recipe with a 4-step inner attack)
-FAST = ["attack.steps=4"]
+#: the "fast" row of bench/evaluate_concepts.py (the default recipe with a 4-step inner attack), one definition
+FAST = _load_rows()["fast"]
 COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
 
 

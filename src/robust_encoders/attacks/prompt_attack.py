@@ -229,8 +229,9 @@ def project_to_simplex(v: torch.Tensor, *, support_hint: int = 256) -> torch.Ten
 class VocabHull:
     """A convex set holding every row of an embedding matrix: its bounding box cut by the ball of its largest norm.
 
-    ``project`` maps a point into the set (clamp to the box, then scale towards the origin into the
-    ball; the box holds the origin whenever the embeddings surround it, and the result is checked).
+    ``project`` maps a point into the set: clamp to the box, then scale towards the origin into the
+    ball. Scaling keeps the point in the box only when the box holds the origin (it does whenever the
+    embeddings surround it, as trained and random-init ones do); otherwise only the box applies.
 
     Example:
         >>> w = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 0.5], [0.0, -1.0]])
@@ -416,21 +417,22 @@ class PromptAttack:
         var = init.clone().requires_grad_(True)
         opt = torch.optim.Adam([var], lr=cfg.lr) if cfg.optimizer == "adam" else None
         hull = VocabHull(self._embedding_matrix()) if cfg.bound == "vocab" else None
-        if hull is not None:
-            with torch.no_grad():
+
+        @torch.no_grad()
+        def constrain() -> None:  # the eps ball around the start, then the vocabulary hull
+            if cfg.eps is not None:
+                var.copy_(torch.max(torch.min(var, anchor + cfg.eps), anchor - cfg.eps))
+            if hull is not None:
                 var.copy_(hull.project(var))
+
+        constrain()
         losses: list[float] = []
         for _ in range(cfg.steps):
             total, _per = _per_sample(loss_fn(self._encode(base, mask, var, ids)), b)
             total.backward()
             losses.append(float(total.detach()) / (b if _per is not None else 1))
             self._step(var, opt)
-            if cfg.eps is not None:
-                with torch.no_grad():
-                    var.copy_(torch.max(torch.min(var, anchor + cfg.eps), anchor - cfg.eps))
-            if hull is not None:
-                with torch.no_grad():
-                    var.copy_(hull.project(var))
+            constrain()
         adv = var.detach()
         with torch.no_grad():
             final = loss_fn(self._encode(base, mask, adv, ids))
