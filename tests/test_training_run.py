@@ -306,3 +306,41 @@ def test_bf16_frozen_parts_train_fp32_weights_close_to_fp32_run(tmp_path):
     d32, d16 = (fp32[k] - w0[k]).flatten(), (bf16[k] - w0[k]).flatten()
     assert d16.abs().max() > 0
     assert torch.nn.functional.cosine_similarity(d32, d16, dim=0) > 0.9
+
+
+def test_ema_export_is_the_moving_average_and_resumes(tmp_path, monkeypatch):
+    """optim.ema_decay: the run exports the moving average of the live weights (diffusers' EMAModel warm-up
+    (1+k)/(10+k), capped at the decay); checkpoints keep both, so a killed run resumes to the same export."""
+    from robust_encoders.training.config import ConfigError
+
+    ov = TINY + ["iterations=4", "checkpoint.every=2", "optim.ema_decay=0.5", "optim.ema_start=1"]
+    live, original = [], Trainer.train_step
+
+    def recording(self, step):
+        out = original(self, step)
+        live.append({n: p.detach().clone() for n, p in zip(self.ema_names, self.params, strict=True)})
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    full = train("star", ov, output_dir=tmp_path / "full")
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert len(live) == 4
+    avg = dict(live[0])
+    for n_step, w in enumerate(live[1:], start=2):  # EMAModel.step number n_step; ema_start=1 delays the warm-up
+        k = n_step - 1 - 1
+        d = 0.0 if k <= 0 else min(0.5, (1 + k) / (10 + k))
+        avg = {n: d * avg[n] + (1 - d) * w[n] for n in avg}
+    exported = _weights(full)
+    name = "encoder.layers.0.mlp.fc1.weight"
+    assert torch.allclose(exported[name], avg[name], atol=1e-6)
+    assert not torch.allclose(exported[name], live[-1][name], atol=1e-6)  # not the last iterate
+    ck = load_file(str(full / "checkpoints" / "step_0000004" / "state.safetensors"))
+    assert torch.equal(ck[f"model.{name}"], live[-1][name]) and torch.equal(ck[f"ema.{name}"], exported[name])
+    assert json.loads((full / "robust_encoder.json").read_text())["weights"] == "ema (decay 0.5)"
+
+    _crash_after(monkeypatch, 2, ov, tmp_path / "split")
+    split = train("star", ov, output_dir=tmp_path / "split", resume=True)
+    b = _weights(split)
+    assert all(torch.equal(exported[k], b[k]) for k in exported)
+    with pytest.raises(ConfigError, match="ema_decay"):
+        resolve_config("star", ["optim.ema_decay=1.5"])

@@ -384,6 +384,16 @@ class OptimConfig(_Section):
             "(PCGrad-style projection) before the step. Default none = AdvUnlearn."
         },
     )
+    ema_decay: float | None = field(
+        default=None,
+        metadata={
+            "help": "Keep an exponential moving average of the trained weights (diffusers' EMAModel, with its "
+            "(1+n)/(10+n) warm-up) and export it instead of the last iterate; 0.99 averages over roughly the last "
+            "100 iterations. Training itself, and the inner attack, use the live weights. null = off."
+        },
+    )
+    ema_start: int = field(default=0, metadata={
+        "help": "Iterations before the moving average starts following the weights (e.g. attack.warmup)."})
 
     def validate(self) -> None:
         _positive("optim", "lr", self.lr)
@@ -394,6 +404,11 @@ class OptimConfig(_Section):
             _positive("optim", "grad_clip", self.grad_clip)
         _check(isinstance(self.lr_warmup, int) and self.lr_warmup >= 0, "optim.lr_warmup must be an integer >= 0.")
         _choice("optim", "grad_surgery", self.grad_surgery, ("none", "per_tensor"))
+        if self.ema_decay is not None:
+            _check(isinstance(self.ema_decay, (int, float)) and 0 < self.ema_decay < 1,
+                   f"optim.ema_decay must be a number in (0, 1) such as 0.99 (or null to export the last iterate); "
+                   f"got {self.ema_decay!r}.")
+        _check(isinstance(self.ema_start, int) and self.ema_start >= 0, "optim.ema_start must be an integer >= 0.")
 
 
 @dataclass

@@ -455,6 +455,13 @@ class Trainer:
             cls = torch.optim.AdamW if o.optimizer == "adamw" else torch.optim.Adam
             self.opt = cls(self.params, lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.autocast_dtype == torch.float16 else None
+        self.ema = None  # moving average of the trained weights, exported instead of the last iterate
+        if o.ema_decay is not None:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=o.ema_decay, update_after_step=o.ema_start, foreach=True)
+            trainable = set(self.trainable_names)
+            self.ema_names = [n for n, _ in self.model.named_parameters() if n in trainable]  # order of self.params
         self.attack_states: list = [None] * cfg.attack.chains  # one warm-start state per adversarial chain
         self._vocab_ids = None
         self.step = 0
@@ -836,6 +843,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.opt.step()
+        if self.ema is not None:
+            self.ema.step(self.params)
         t_update = time.perf_counter() - t0
         record.update({"loss": loss, "loss_forget": loss_forget, "lr": lr})
         record.update(t_sample=round(t_sample, 4), t_attack=round(t_attack, 4), t_update=round(t_update, 4))
@@ -883,6 +892,9 @@ class Trainer:
                 tensors.update(atk_t)
                 atk_meta.append(m)
             tensors.update(self.options.state_tensors())
+            if self.ema is not None:
+                tensors.update({f"ema.{n}": s.detach().to("cpu").contiguous().clone()
+                                for n, s in zip(self.ema_names, self.ema.shadow_params, strict=True)})
             meta = {
                 "step": step,
                 "iterations": self.cfg.iterations,
@@ -894,6 +906,7 @@ class Trainer:
                 "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                 "config_fingerprint": self.cfg.fingerprint(RESUMABLE_KEYS),
                 "trainable_names": self.trainable_names,
+                "ema_step": self.ema.optimization_step if self.ema is not None else None,
             }
             ckpt.write_checkpoint(self.run_dir, step, tensors, meta)
             ckpt.prune_checkpoints(self.run_dir, self.cfg.checkpoint.keep)
@@ -927,6 +940,14 @@ class Trainer:
             for c, m in enumerate(metas)
         ]
         self.options.load_state_tensors(tensors)
+        if self.ema is not None:
+            with torch.no_grad():
+                for n, shadow in zip(self.ema_names, self.ema.shadow_params, strict=True):
+                    if f"ema.{n}" not in tensors:
+                        raise RunDirError(f"Checkpoint {path} holds no moving average of {n!r}; it was written "
+                                          "without optim.ema_decay.")
+                    shadow.copy_(tensors[f"ema.{n}"].to(shadow.device, shadow.dtype))
+            self.ema.optimization_step = int(meta["ema_step"])
         rng = ckpt.read_rank_rng(path, self.rank)
         if rng is not None:
             ckpt.restore_rng(*rng)
@@ -975,6 +996,7 @@ class Trainer:
             "iterations": self.cfg.iterations,
             "world_size": self.world,
             "seed": self.cfg.seed,
+            "weights": "last" if self.ema is None else f"ema (decay {self.cfg.optim.ema_decay})",
         }
         _atomic_write(self.run_dir / "robust_encoder.json", json.dumps(info, indent=2) + "\n")
 
@@ -1080,6 +1102,8 @@ class Trainer:
             bar.close()
         train_time = self.elapsed_before + time.perf_counter() - t0
         self.replicas_identical = self._check_replicas()
+        if self.ema is not None:  # the export is the average; the checkpoints keep the live weights for resuming
+            self.ema.copy_to(self.params)
         if self.is_main:
             self._save_outputs(train_time)
             self._log({"step": self.step, "event": "done", "train_time_s": round(train_time, 2),
