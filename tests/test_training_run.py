@@ -344,3 +344,16 @@ def test_ema_export_is_the_moving_average_and_resumes(tmp_path, monkeypatch):
     assert all(torch.equal(exported[k], b[k]) for k in exported)
     with pytest.raises(ConfigError, match="ema_decay"):
         resolve_config("star", ["optim.ema_decay=1.5"])
+
+
+def test_cosine_schedule_in_the_log(tmp_path):
+    """optim.schedule=cosine: linear warm-up, then a half cosine from lr to 0 over the remaining iterations."""
+    import math
+
+    run = train("star", TINY + ["iterations=5", "optim.lr_warmup=1", "optim.schedule=cosine", "optim.lr=1e-3"],
+                output_dir=tmp_path / "run")
+    lrs = [json.loads(ln)["lr"] for ln in (run / "log.jsonl").read_text().splitlines()[:5]]
+    expected = [1e-3] + [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 1) / 4)) for s in range(1, 5)]
+    assert lrs == pytest.approx(expected) and lrs[-1] < lrs[1] / 5
+    flat = train("star", TINY + ["iterations=2"], output_dir=tmp_path / "flat")
+    assert [json.loads(ln)["lr"] for ln in (flat / "log.jsonl").read_text().splitlines()[:2]] == [1e-3, 1e-3]

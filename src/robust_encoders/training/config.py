@@ -375,6 +375,10 @@ class OptimConfig(_Section):
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999], metadata={"help": "Adam betas."})
     grad_clip: float | None = field(default=None, metadata={"help": "Clip the gradient norm (null = off)."})
     lr_warmup: int = field(default=0, metadata={"help": "Linear learning-rate warm-up iterations."})
+    schedule: str = field(default="constant", metadata={
+        "help": "constant (AdvUnlearn) | cosine: after the warm-up the learning rate follows a half cosine from lr "
+                "down to 0 at the last iteration (a function of the step alone, so resuming stays exact; growing "
+                "`iterations` on --resume stretches the rest of the curve)."})
     grad_surgery: str = field(
         default="none",
         metadata={
@@ -403,6 +407,7 @@ class OptimConfig(_Section):
         if self.grad_clip is not None:
             _positive("optim", "grad_clip", self.grad_clip)
         _check(isinstance(self.lr_warmup, int) and self.lr_warmup >= 0, "optim.lr_warmup must be an integer >= 0.")
+        _choice("optim", "schedule", self.schedule, ("constant", "cosine"))
         _choice("optim", "grad_surgery", self.grad_surgery, ("none", "per_tensor"))
         if self.ema_decay is not None:
             _check(isinstance(self.ema_decay, (int, float)) and 0 < self.ema_decay < 1,

@@ -26,6 +26,7 @@ import copy
 import dataclasses
 import gc
 import json
+import math
 import os
 import shutil
 import time
@@ -695,7 +696,12 @@ class Trainer:
 
     def _lr(self, step: int) -> float:
         o = self.cfg.optim
-        return o.lr * min(1.0, (step + 1) / o.lr_warmup) if o.lr_warmup else o.lr
+        if o.lr_warmup and step < o.lr_warmup:
+            return o.lr * (step + 1) / o.lr_warmup
+        if o.schedule == "cosine":
+            span = max(1, self.cfg.iterations - o.lr_warmup)
+            return o.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.lr_warmup) / span)))
+        return o.lr
 
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
