@@ -13,13 +13,17 @@ Rows per model:
   reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, fused passes).
 * ``fast`` (miniature): ``ours`` with 4 attack steps instead of 16 (``bench/evaluate_concepts.py --rows fast``
   measures its robustness).
+* ``fast+micro`` (miniature): ``fast`` with the update back-propagated one sample at a time
+  (``engine.micro_batch=1``; the same gradient, tested in tests/test_training_run.py).
 
 Models: the embedded miniature pipeline, and an SD-1.5-sized pipeline with random weights
 built from config (CLIP text encoder 768 x 12 layers, vocabulary 49,408; UNet 320/640/1280/1280;
 64x64 latents; batch 1). Weights do not matter for speed or memory.
 
 Each configuration runs in its own subprocess, so peak memory (``ru_maxrss``; CUDA:
-``max_memory_allocated``) is that configuration's alone. The miniature rows are measured over
+``max_memory_allocated``) is that configuration's alone. The miniature rows also run a second time, for a few
+iterations under torch's profiler, for their peak *tensor* memory (:func:`tensor_peak_mb`): at this size the RSS is
+mostly interpreter and allocator overhead, which hides what the settings change. The miniature rows are measured over
 whole iterations. On a CPU the SD-1.5-sized rows would take hours per reference iteration, so
 they run ``--sd-iterations`` iterations with ``--sd-attack-steps`` attack steps and
 ``--sd-ddim-steps`` DDIM steps, and the full-setting time per iteration is *computed* from the
@@ -70,6 +74,8 @@ ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied t
 #: the "fast" row of bench/evaluate_concepts.py (the default recipe with a 4-step inner attack), one definition
 FAST = _load_rows()["fast"]
 COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
+#: back-propagate the update one sample at a time (same gradient, less activation memory)
+MICRO = ["engine.micro_batch=1"]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -121,8 +127,30 @@ def count_unet_calls(trainer, unet) -> None:
     trainer.train_step = counted
 
 
+def tensor_peak_mb(fn) -> tuple[object, float]:
+    """``fn()`` under torch's profiler with memory events: (its result, the peak of live CPU tensor memory in MB).
+
+    Every allocation and free of the CPU allocator is an event; their running sum is the memory held by tensors
+    (models, optimiser state, activations, caches), the CPU counterpart of ``torch.cuda.max_memory_allocated``,
+    without the allocator's and the interpreter's overhead that peak RSS also counts."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    live = peak = 0
+    for _, nbytes in events:
+        live += nbytes
+        peak = max(peak, live)
+    return result, peak / 2**20
+
+
 def worker(spec: dict, build=None) -> dict:
-    """One configuration. ``build(model_name)`` makes the pipeline (default: miniature / SD-1.5-sized)."""
+    """One configuration. ``build(model_name)`` makes the pipeline (default: miniature / SD-1.5-sized).
+    ``spec["tensor_memory"]``: run it under :func:`tensor_peak_mb` instead (slower; only the memory counts)."""
+    if spec.get("tensor_memory"):
+        res, peak = tensor_peak_mb(lambda: worker({**spec, "tensor_memory": False}, build))
+        return {**res, "tensor_peak_mb": peak}
     import diffusers  # noqa: F401  (imported before the baseline so it counts as interpreter overhead)
     import peft  # noqa: F401
     import torch
@@ -223,6 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="miniature,sd15", help="Comma-separated: miniature, sd15.")
     ap.add_argument("--iterations", type=int, default=21, help="Miniature: iterations per configuration.")
     ap.add_argument("--reference-iterations", type=int, default=8, help="Miniature reference: iterations.")
+    ap.add_argument("--memory-iterations", type=int, default=3,
+                    help="Miniature: iterations of the profiled run that measures peak tensor memory.")
     ap.add_argument("--sd-iterations", type=int, default=2, help="SD-1.5-sized: iterations actually run.")
     ap.add_argument("--sd-attack-steps", type=int, default=2, help="SD-1.5-sized: attack steps actually run.")
     ap.add_argument("--sd-ddim-steps", type=int, default=4, help="SD-1.5-sized: DDIM steps actually run.")
@@ -246,22 +276,36 @@ def main(argv=None) -> int:
                          overrides=[*base, f"iterations={args.iterations}"]),
             "fast": dict(name="miniature/fast", model="miniature", recipe=mini,
                          overrides=[*base, *FAST, f"iterations={args.iterations}"]),
+            "fast+micro": dict(name="miniature/fast+micro", model="miniature", recipe=mini,
+                               overrides=[*base, *FAST, *MICRO, f"iterations={args.iterations}"]),
         }
         res = {k: run_config(v) for k, v in specs.items()}
+        for k, v in specs.items():  # tensor memory: a second, profiled run of a few iterations (the peak recurs)
+            short = [*v["overrides"], f"iterations={args.memory_iterations}"]
+            res[k]["tensor_peak_mb"] = run_config({**v, "overrides": short, "tensor_memory": True})["tensor_peak_mb"]
         from robust_encoders.training import load_recipe
 
         ref_t = measured_iteration(res["reference"])
         rows.append(["miniature", "reference", "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 UNet copies",
                      "measured", ref_t, 1.0, res["reference"], res["reference"]])
-        for key in ("ours", "fast"):
+        for key in ("ours", "fast", "fast+micro"):
             cfg = load_recipe(mini, specs[key]["overrides"])
             t = measured_iteration(res[key])
             desc = (f"{cfg.attack.steps} warm attack steps k={cfg.attack.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}), "
                     f"batch {cfg.unlearn.batch_size}+{cfg.retain.batch_size}, 1 UNet")
+            if cfg.engine.micro_batch:
+                desc += f", update in micro-batches of {cfg.engine.micro_batch}"
             rows.append(["miniature", key, desc, "measured", t, ref_t / t, res[key], res["reference"]])
         notes.append(f"miniature: mean of iterations 2..N (N = {args.reference_iterations} reference, "
-                     f"{args.iterations} ours and fast; iteration 1 fills our trajectory pools once, "
+                     f"{args.iterations} the others; iteration 1 fills our trajectory pools once, "
                      f"{res['ours']['steps'][0]['time_s']:.2f} s).")
+        notes.append(
+            f"miniature 'peak tensors': a second run of each row ({args.memory_iterations} iterations, no attack "
+            "warm-up) under torch's profiler with memory events; the peak of the running sum of the CPU allocator's "
+            "allocations and frees, i.e. the memory held by tensors (models, optimiser state, activations, caches), "
+            "counted from before the pipeline loads. It is what a GPU's max_memory_allocated would report, "
+            "without the allocator's and the interpreter's share of the RSS. The UNet and text encoder weights the "
+            "pipeline itself keeps (the trainer trains a copy of its encoder) count in every row.")
     if "sd15" in models:
         sd = str(RECIPES / "advunlearn_sd14.yaml")
         small = [f"iterations={args.sd_iterations}", f"attack.steps={args.sd_attack_steps}",
@@ -305,7 +349,7 @@ def main(argv=None) -> int:
 
     dev = "CUDA " + torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
     head = ["model", "setting", "what runs", "time", "s / iteration", "speed-up", "peak RSS (MB)",
-            "peak above imports (MB)", "memory vs ref", "CUDA peak (MB)"]
+            "peak above imports (MB)", "memory vs ref", "peak tensors (MB)", "tensors vs ref", "CUDA peak (MB)"]
     lines = [
         "# Training speed: our defaults vs AdvUnlearn-reference settings",
         "",
@@ -320,8 +364,10 @@ def main(argv=None) -> int:
         above, ref_above = r["peak_rss_mb"] - r["rss_start_mb"], ref["peak_rss_mb"] - ref["rss_start_mb"]
         cuda = r["cuda_peak_mb"]
         ratio = f"{cuda / ref['cuda_peak_mb']:.2f}x (CUDA)" if cuda else f"{above / ref_above:.2f}x"
+        tensors = r.get("tensor_peak_mb")
+        tcols = f"{tensors:.1f} | {tensors / ref['tensor_peak_mb']:.2f}x" if tensors else "- | -"
         lines.append(f"| {m} | {s} | {desc} | {how} | {t:.3f} | {sp:.2f}x | {r['peak_rss_mb']:.0f} | {above:.0f} | "
-                     f"{ratio} | {'-' if cuda is None else f'{cuda:.0f}'} |")
+                     f"{ratio} | {tcols} | {'-' if cuda is None else f'{cuda:.0f}'} |")
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] + [
         "- Peak RSS is the whole process; 'peak above imports' subtracts the RSS after importing torch, diffusers, "
         "transformers and peft, and 'memory vs ref' compares that part (the models, optimizer, activations, caches; "

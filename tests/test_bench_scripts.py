@@ -1,4 +1,5 @@
-"""The benchmark script's resume logic: an existing table is completed, not recomputed."""
+"""The benchmark scripts: evaluate_concepts completes an existing table instead of recomputing it; train_speed's
+tensor-memory measure counts live tensors."""
 
 from __future__ import annotations
 
@@ -50,3 +51,26 @@ def test_bounded_soft_prompt_column_is_added_like_the_uda_k_one(tmp_path):
     assert saved["config"]["attack_configs"]["soft_prompt"]["bound"] == "vocab"
     assert saved["config"]["attack_configs"]["soft_prompt"]["steps"] == 2  # --eval-set still applies
     assert "ASR soft_prompt vocab" in (tmp_path / "evaluate_concepts.md").read_text()
+
+
+def _train_speed():
+    spec = importlib.util.spec_from_file_location("train_speed", BENCH.with_name("train_speed.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_tensor_peak_counts_live_tensors_not_everything_ever_allocated():
+    """train_speed.tensor_peak_mb: the peak of live CPU tensor memory (frees count), and fn's own result."""
+    import torch
+
+    def fn():
+        a = torch.ones(1_000_000)  # 4 MB
+        b = torch.ones(2_000_000)  # 8 MB: 12 MB live
+        del a
+        c = torch.ones(500_000)  # 10 MB live
+        return float(b.sum() + c.sum())
+
+    result, peak = _train_speed().tensor_peak_mb(fn)
+    assert result == 2_500_000.0
+    assert 12_000_000 / 2**20 <= peak < 12_100_000 / 2**20  # not 14 MB (everything allocated), not 8 (no sum)

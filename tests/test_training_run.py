@@ -285,6 +285,27 @@ def test_frozen_encoder_is_released_once_its_outputs_are_cached(tmp_path):
         assert torch.equal(a[k], b[k]), k
 
 
+def test_released_encoder_is_never_copied(tmp_path, monkeypatch):
+    """With engine.release_original_encoder the trainer makes no frozen copy at all: set-up reads the frozen outputs
+    from the not yet trained encoder (LoRA starts as the identity), exactly the outputs a frozen copy gives, and the
+    model is back in train mode for the run."""
+    copies = []
+    real = Trainer._frozen_copy
+    monkeypatch.setattr(Trainer, "_frozen_copy", lambda self, enc: copies.append(enc) or real(self, enc))
+    ov = TINY + ["iterations=3"]
+    for extra in ([], ["trainable.part=lora", "trainable.lora.dropout=0.5"]):
+        shared = Trainer(resolve_config("star", [*ov, *extra]), tmp_path / f"s{len(extra)}")
+        shared._setup()
+        assert copies == [] and shared.te_orig is None and shared.model.training
+        kept = Trainer(resolve_config("star", [*ov, *extra, "engine.release_original_encoder=false"]),
+                       tmp_path / f"k{len(extra)}")
+        kept._setup()
+        assert len(copies) == 1 and kept.te_orig is not None
+        copies.clear()
+        prompts = ["", *shared.forget_prompts, *shared.retain_prompts[:5]]
+        assert torch.equal(shared._orig_hidden(prompts), kept._orig_hidden(prompts)), extra
+
+
 def test_bf16_frozen_parts_train_fp32_weights_close_to_fp32_run(tmp_path):
     """model.dtype=bfloat16 + model.mixed_precision=bf16 (what model.dtype=auto picks on a GPU) also runs on a CPU:
     the frozen UNet is bf16 and runs under bf16 autocast, the trained encoder keeps fp32 weights, and its update points

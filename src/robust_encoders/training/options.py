@@ -313,6 +313,12 @@ def _concept_words(cfg) -> list[str]:
 class TrainerOptions:
     """The options of one :class:`~robust_encoders.training.trainer.Trainer` (created at the end of its setup)."""
 
+    @staticmethod
+    def needs_original_encoder_for(cfg) -> bool:
+        """Whether ``cfg`` turns on an option that runs the frozen encoder on text or embeddings not known at set-up
+        (the trainer then keeps a frozen copy for the whole run)."""
+        return cfg.anchor.kind == "adversarial" or cfg.neighbors.k > 0 or cfg.token_focus.mode == "eot"
+
     def __init__(self, trainer) -> None:
         self.tr = trainer
         cfg = trainer.cfg
@@ -321,8 +327,7 @@ class TrainerOptions:
         self.neighbors_on = cfg.neighbors.k > 0
         self.eot_on = cfg.token_focus.mode == "eot"
         self.derived_on = cfg.attack.enabled and cfg.attack.mode == "derived"
-        #: options that run the frozen encoder on text or embeddings not known at set-up (the trainer keeps it)
-        self.needs_original_encoder = self.anchor_on or self.neighbors_on or self.eot_on
+        self.needs_original_encoder = self.needs_original_encoder_for(cfg)
         self.surgery = cfg.optim.grad_surgery == "per_tensor"
         self.eos = int(getattr(trainer.tokenizer, "eos_token_id", None) or 49407)
         self.anchor: AdversarialAnchor | None = None

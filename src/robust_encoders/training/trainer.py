@@ -61,6 +61,8 @@ __all__ = [
     "RUN_ARTIFACTS",
 ]
 
+#: Prompts the frozen encoder encodes per pass when it fills its output cache.
+ENCODE_CHUNK = 32
 #: Config keys a resumed run may change (everything else must match the stored run).
 RESUMABLE_KEYS = ("iterations", "checkpoint.every", "checkpoint.keep", "log.every", "log.progress", "model.device")
 #: What a run folder holds; ``--overwrite`` removes exactly these.
@@ -411,11 +413,11 @@ class Trainer:
                     f"model.encoders=text_encoder_2, but {base.ref} has a single text encoder (only SDXL has a "
                     "text_encoder_2). Use model.encoders=both (or text_encoder)."
                 )
-            self.te_orig = copy.deepcopy(te).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
+            self.te_orig = te if self._shares_original_encoder() else self._frozen_copy(te)
             torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
             self.model, self.trainable_names = make_trainable(te, cfg.trainable)
             self.model.to(self.device)
-            self.model.train()
+            self.model.eval()  # until set-up ends: the frozen outputs may come from these very weights
             self.te = self.model.get_base_model() if cfg.trainable.part == "lora" else self.model
         self.params = [p for n, p in self.model.named_parameters() if n in set(self.trainable_names)]
 
@@ -471,6 +473,7 @@ class Trainer:
 
         self.options = TrainerOptions(self)  # anchor / neighbors / token_focus / derived attack / grad surgery
         self._release_original_encoder()
+        self.model.train()
 
     def _given_base(self) -> _Base:
         from diffusers import DDIMScheduler
@@ -504,8 +507,8 @@ class Trainer:
         self.slots = ["text_encoder", "text_encoder_2"] if which == "both" else [which]
         pad2 = getattr(base.tokenizer_2, "pad_token_id", None)
         eos = int(getattr(base.tokenizer, "eos_token_id", None) or 49407)
-        frozen = [copy.deepcopy(m).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
-                  for m in (base.text_encoder, base.text_encoder_2)]
+        pair = (base.text_encoder, base.text_encoder_2)
+        frozen = pair if self._shares_original_encoder() else [self._frozen_copy(m) for m in pair]
         self.te_orig = TextEncoderPair(*frozen, pad_token_id_2=pad2, eos_token_id=eos)
         torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
         members = {}
@@ -516,7 +519,7 @@ class Trainer:
                 members[slot] = enc.requires_grad_(False)
         self.model = TextEncoderPair(members["text_encoder"], members["text_encoder_2"], pad_token_id_2=pad2,
                                      eos_token_id=eos).to(self.device)
-        self.model.train()
+        self.model.eval()  # train mode once set-up has cached the frozen outputs (see _setup)
         self.trainable_names = [n for n, q in self.model.named_parameters() if q.requires_grad]
         self.te = self.model
         h, w = base.image_size or _image_size(self.unet, 8)
@@ -564,11 +567,24 @@ class Trainer:
         return prompts
 
     # -- encoders ---------------------------------------------------------------------------------------------------
+    def _shares_original_encoder(self) -> bool:
+        """Whether the frozen encoder's outputs are all cached during set-up and the encoder is then dropped
+        (engine.release_original_encoder). Then no frozen copy is made at all: until the first update the trained
+        encoder *is* the original (LoRA starts as the identity), so set-up reads the frozen outputs from it and never
+        holds two copies (at SD-1.5 size 0.5 GB in fp32; on the miniature model the peak of a micro-batched run)."""
+        from .options import TrainerOptions
+
+        e = self.cfg.engine
+        return e.release_original_encoder and e.cache_original and not TrainerOptions.needs_original_encoder_for(
+            self.cfg)
+
+    def _frozen_copy(self, encoder):
+        return copy.deepcopy(encoder).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
+
     def _release_original_encoder(self) -> None:
         """engine.release_original_encoder: cache the frozen encoder's outputs for every prompt the run can use
-        ("", the forget and the retain prompts), then drop the frozen copy (at SD-1.5 size 0.5 GB in fp32)."""
-        e = self.cfg.engine
-        if not (e.release_original_encoder and e.cache_original) or self.options.needs_original_encoder:
+        ("", the forget and the retain prompts), then drop the reference to the original weights."""
+        if not self._shares_original_encoder():
             return
         self._orig_outputs(["", *self.forget_prompts, *self.retain_prompts])
         self.te_orig = None
@@ -587,13 +603,16 @@ class Trainer:
                     f"The frozen encoder was released after caching the run's prompts (engine.release_original_encoder"
                     f"=true), but {missing[0]!r} was not among them. Code that encodes new text with the frozen encoder "
                     "must set engine.release_original_encoder=false (or declare it in TrainerOptions."
-                    "needs_original_encoder)."
+                    "needs_original_encoder_for)."
                 )
-            ids = tokenize(self.tokenizer, missing, device=self.device)
-            enc = encode_ids(self.te_orig, ids)
-            out = enc.last_hidden_state.to(self.frozen_dtype)
-            pooled = enc.text_embeds.to(self.frozen_dtype) if self.time_ids is not None else [None] * len(missing)
-            fresh = {p: (h, q) for p, h, q in zip(missing, out, pooled, strict=True)}
+            # in chunks: one pass over the whole run's prompts (hundreds) would hold every layer's activations
+            # for all of them at once, the run's peak memory on the miniature model
+            for start in range(0, len(missing), ENCODE_CHUNK):
+                chunk = missing[start:start + ENCODE_CHUNK]
+                enc = encode_ids(self.te_orig, tokenize(self.tokenizer, chunk, device=self.device))
+                out = enc.last_hidden_state.to(self.frozen_dtype)
+                pooled = enc.text_embeds.to(self.frozen_dtype) if self.time_ids is not None else [None] * len(chunk)
+                fresh.update((p, (h, q)) for p, h, q in zip(chunk, out, pooled, strict=True))
             if cache:
                 self._orig_cache.update(fresh)
         src = self._orig_cache if cache else fresh
