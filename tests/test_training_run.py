@@ -339,7 +339,7 @@ def test_ema_export_is_the_moving_average_and_resumes(tmp_path, monkeypatch):
 
     def recording(self, step):
         out = original(self, step)
-        live.append({n: p.detach().clone() for n, p in zip(self.ema_names, self.params, strict=True)})
+        live.append({n: p.detach().clone() for n, p in zip(self.param_names, self.params, strict=True)})
         return out
 
     monkeypatch.setattr(Trainer, "train_step", recording)

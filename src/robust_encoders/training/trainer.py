@@ -419,7 +419,9 @@ class Trainer:
             self.model.to(self.device)
             self.model.eval()  # until set-up ends: the frozen outputs may come from these very weights
             self.te = self.model.get_base_model() if cfg.trainable.part == "lora" else self.model
-        self.params = [p for n, p in self.model.named_parameters() if n in set(self.trainable_names)]
+        trainable = set(self.trainable_names)
+        named = [(n, p) for n, p in self.model.named_parameters() if n in trainable]
+        self.param_names, self.params = [n for n, _ in named], [p for _, p in named]  # the optimiser's order
 
         # prompts
         self.concept_kind = self._concept_kind()
@@ -463,8 +465,6 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=o.ema_decay, update_after_step=o.ema_start, foreach=True)
-            trainable = set(self.trainable_names)
-            self.ema_names = [n for n, _ in self.model.named_parameters() if n in trainable]  # order of self.params
         self.attack_states: list = [None] * cfg.attack.chains  # one warm-start state per adversarial chain
         self._vocab_ids = None
         self.step = 0
@@ -570,8 +570,8 @@ class Trainer:
     def _shares_original_encoder(self) -> bool:
         """Whether the frozen encoder's outputs are all cached during set-up and the encoder is then dropped
         (engine.release_original_encoder). Then no frozen copy is made at all: until the first update the trained
-        encoder *is* the original (LoRA starts as the identity), so set-up reads the frozen outputs from it and never
-        holds two copies (at SD-1.5 size 0.5 GB in fp32; on the miniature model the peak of a micro-batched run)."""
+        encoder *is* the original (LoRA starts as the identity), so set-up reads the frozen outputs from it (in its
+        fp32, cast to the frozen dtype) and never holds two copies (at SD-1.5 size 0.5 GB in fp32; on the miniature model the peak of a micro-batched run)."""
         from .options import TrainerOptions
 
         e = self.cfg.engine
@@ -919,7 +919,7 @@ class Trainer:
             tensors.update(self.options.state_tensors())
             if self.ema is not None:
                 tensors.update({f"ema.{n}": s.detach().to("cpu").contiguous().clone()
-                                for n, s in zip(self.ema_names, self.ema.shadow_params, strict=True)})
+                                for n, s in zip(self.param_names, self.ema.shadow_params, strict=True)})
             meta = {
                 "step": step,
                 "iterations": self.cfg.iterations,
@@ -967,7 +967,7 @@ class Trainer:
         self.options.load_state_tensors(tensors)
         if self.ema is not None:
             with torch.no_grad():
-                for n, shadow in zip(self.ema_names, self.ema.shadow_params, strict=True):
+                for n, shadow in zip(self.param_names, self.ema.shadow_params, strict=True):
                     if f"ema.{n}" not in tensors:
                         raise RunDirError(f"Checkpoint {path} holds no moving average of {n!r}; it was written "
                                           "without optim.ema_decay.")
