@@ -64,7 +64,7 @@ def _load_rows() -> dict[str, list[str]]:
 
 REFERENCE_ENGINE = [
     "sampling.pool=0", "sampling.retain_pool=0", "engine.share_unet=false", "engine.cache_original=false",
-    "engine.fused_unet_batch=false",
+    "engine.fused_unet_batch=false", "engine.share_frozen_weights=false",
 ]
 ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied to any base model
     "attack.steps=30", "attack.lr=1e-3", "attack.k=1", "attack.position=prefix", "attack.init=warm", "attack.every=1",

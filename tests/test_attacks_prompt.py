@@ -129,6 +129,32 @@ def test_soft_prompt_attack_passes_its_bound_on():
         build_attack("soft_prompt", bound="ball")
 
 
+@pytest.mark.parametrize("mode", ["continuous", "discrete"])
+def test_micro_batches_give_the_same_attack(enc, tok, mode):
+    """micro_batch: each step back-propagates 2 prompts at a time (chunks 2 + 1 here) and ends exactly where the
+    whole-batch attack ends; loss_fn learns which prompts each chunk holds from rows=."""
+    prompts = [*PROMPTS, "a green circle"]
+    targets = torch.randn(len(prompts), 32, generator=torch.Generator().manual_seed(2))
+    seen = []
+
+    def per_prompt(out, rows=slice(None)):
+        seen.append(rows)
+        return ((out.pooled - targets[rows]) ** 2).mean(-1)
+
+    cfg = dict(mode=mode, steps=4, lr=0.05 if mode == "continuous" else 0.01, k=2, seed=3)
+    whole = PromptAttack(enc, tok, PromptAttackConfig(**cfg)).run(prompts, per_prompt)
+    assert all(r == slice(None) for r in seen)
+    seen.clear()
+    chunked = PromptAttack(enc, tok, PromptAttackConfig(**cfg, micro_batch=2)).run(prompts, per_prompt)
+    assert slice(0, 2) in seen and slice(2, 3) in seen
+    assert chunked.losses == pytest.approx(whole.losses, rel=1e-5)
+    torch.testing.assert_close(chunked.state.variable, whole.state.variable, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(chunked.token_embeds, whole.token_embeds, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="one loss per prompt"):
+        PromptAttack(enc, tok, PromptAttackConfig(**cfg, micro_batch=2)).run(
+            prompts, lambda out, rows=slice(None): ((out.pooled - targets[rows]) ** 2).mean())
+
+
 def test_config_errors_teach():
     with pytest.raises(ValueError, match="mode"):
         PromptAttackConfig(mode="pgd")
@@ -140,6 +166,8 @@ def test_config_errors_teach():
         PromptAttackConfig(mode="discrete", bound="vocab")
     with pytest.raises(ValueError, match="choose one of"):
         PromptAttackConfig(bound="box")
+    with pytest.raises(ValueError, match="micro_batch must be"):
+        PromptAttackConfig(micro_batch=-1)
     assert "L-inf" in PromptAttackConfig.help()["eps"]
     with pytest.raises(ValueError, match="warm-start"):
         cfg = PromptAttackConfig(mode="discrete", init="warm", steps=1)

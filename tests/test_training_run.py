@@ -301,9 +301,49 @@ def test_released_encoder_is_never_copied(tmp_path, monkeypatch):
                        tmp_path / f"k{len(extra)}")
         kept._setup()
         assert len(copies) == 1 and kept.te_orig is not None
+        # the frozen copy owns only what the run trains: the token embedding table is one tensor for both
+        assert kept.te_orig.get_input_embeddings().weight is kept.te.get_input_embeddings().weight
+        fc1 = dict(kept.te_orig.named_parameters())["encoder.layers.0.mlp.fc1.weight"]
+        assert any(fc1 is q for q in kept.te.parameters()) == bool(extra)  # LoRA trains no base weight
         copies.clear()
         prompts = ["", *shared.forget_prompts, *shared.retain_prompts[:5]]
         assert torch.equal(shared._orig_hidden(prompts), kept._orig_hidden(prompts)), extra
+
+
+@pytest.mark.parametrize("part", ["all", "lora"])
+def test_given_pipeline_is_shared_not_copied(tmp_path, part):
+    """Trained from a given pipeline, the run copies only what it trains: the pipeline's own encoder is the frozen
+    original, and the trained encoder's frozen tensors (the token embedding table; with LoRA every base weight) are
+    the pipeline's own. The pipeline's weights stay bit for bit, and the trained weights are exactly those of full
+    copies (engine.share_frozen_weights=false)."""
+    from robust_encoders.miniature import load_pipeline
+
+    ov = TINY + ["iterations=3", f"trainable.part={part}"]
+    pipe = load_pipeline()
+    before = {k: v.clone() for k, v in pipe.text_encoder.state_dict().items()}
+    shared = Trainer(resolve_config("star", ov), tmp_path / "a", pipeline=pipe)
+    shared.run()
+    own = dict(pipe.text_encoder.named_parameters())
+    trained = dict(shared.te.named_parameters())
+    assert shared.te_orig is pipe.text_encoder and shared.frozen_source == "pipeline"
+    assert trained["embeddings.token_embedding.weight"] is own["embeddings.token_embedding.weight"]
+    fc1 = "encoder.layers.0.mlp.fc1"
+    if part == "all":
+        assert trained[f"{fc1}.weight"] is not own[f"{fc1}.weight"]
+    else:
+        wrapped = [n for n in trained if n.endswith(".base_layer.weight")]
+        assert wrapped and all(trained[n] is own[n.replace(".base_layer", "")] for n in wrapped)
+    assert all(torch.equal(before[k], v) for k, v in pipe.text_encoder.state_dict().items())
+    other = load_pipeline()
+    full = Trainer(resolve_config("star", [*ov, "engine.share_frozen_weights=false"]), tmp_path / "b", pipeline=other)
+    full.run()
+    assert full.te_orig is other.text_encoder  # still no second copy: the reference layout holds two encoders
+    assert dict(full.te.named_parameters())["embeddings.token_embedding.weight"] is not (
+        other.text_encoder.get_input_embeddings().weight)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
 
 
 def test_bf16_frozen_parts_train_fp32_weights_close_to_fp32_run(tmp_path):

@@ -113,6 +113,14 @@ class PromptAttackConfig:
             "(0 = only at the end)."
         },
     )
+    micro_batch: int = field(
+        default=0,
+        metadata={
+            "help": "Back-propagate each step's loss in chunks of this many prompts (the gradient is the same; only "
+            "one chunk's activations are alive at a time). 0 = the whole batch at once. Needs a per-prompt loss_fn "
+            "that accepts rows= (see PromptAttack.run)."
+        },
+    )
 
     def __post_init__(self) -> None:
         choices = {
@@ -142,6 +150,8 @@ class PromptAttackConfig:
                 )
         if not isinstance(self.project_every, int) or self.project_every < 0:
             raise ValueError(f"PromptAttackConfig.project_every must be an integer >= 0, got {self.project_every!r}.")
+        if not isinstance(self.micro_batch, int) or self.micro_batch < 0:
+            raise ValueError(f"PromptAttackConfig.micro_batch must be an integer >= 0, got {self.micro_batch!r}.")
         if self.bound != "none" and self.mode == "discrete":
             raise ValueError(
                 "PromptAttackConfig.bound limits continuous embeddings; a discrete attack only mixes real tokens. "
@@ -382,7 +392,10 @@ class PromptAttack:
 
         ``loss_fn`` returns a scalar or one loss per prompt (the per-prompt form lets discrete
         mode keep the best tokens of each prompt separately). ``state`` warm-starts from an
-        earlier round when ``config.init == 'warm'``.
+        earlier round when ``config.init == 'warm'``. With ``config.micro_batch`` the gradient
+        steps encode and back-propagate the prompts a chunk at a time and call
+        ``loss_fn(encoded, rows=slice)``, ``rows`` saying which prompts the chunk holds; the loss
+        must then be per prompt.
         """
         cfg = self.config
         params = list(self.text_encoder.parameters())
@@ -397,6 +410,30 @@ class PromptAttack:
         finally:
             for p, f in zip(params, flags, strict=True):
                 p.requires_grad_(f)
+
+    def _backward(self, base, mask, ids, adv_of: Callable[[slice], torch.Tensor], loss_fn) -> tuple[float, bool]:
+        """One gradient step's loss, back-propagated into the attack variable (``adv_of(rows)`` gives the slots of
+        prompts ``rows``): the whole batch at once, or ``config.micro_batch`` prompts at a time (gradients add up to
+        the same sum). Returns (mean loss per prompt, or the scalar loss; whether it was per prompt)."""
+        b = ids.shape[0]
+        m = self.config.micro_batch
+        if not m or m >= b:
+            total, per = _per_sample(loss_fn(self._encode(base, mask, adv_of(slice(0, b)), ids)), b)
+            total.backward()
+            return float(total.detach()) / (b if per is not None else 1), per is not None
+        total = 0.0
+        for start in range(0, b, m):
+            rows = slice(start, min(b, start + m))
+            n = rows.stop - rows.start
+            loss = loss_fn(self._encode(base[rows], mask[rows], adv_of(rows), ids[rows]), rows=rows)
+            if loss.shape != (n,):
+                raise ValueError(
+                    f"PromptAttackConfig.micro_batch={m} needs one loss per prompt of the chunk (shape ({n},)), got "
+                    f"shape {tuple(loss.shape)}; return per-prompt losses or set micro_batch=0."
+                )
+            loss.sum().backward()
+            total += float(loss.detach().sum())
+        return total / b, True
 
     def _step(self, var: torch.Tensor, opt: torch.optim.Optimizer | None) -> None:
         if opt is not None:
@@ -428,9 +465,7 @@ class PromptAttack:
         constrain()
         losses: list[float] = []
         for _ in range(cfg.steps):
-            total, _per = _per_sample(loss_fn(self._encode(base, mask, var, ids)), b)
-            total.backward()
-            losses.append(float(total.detach()) / (b if _per is not None else 1))
+            losses.append(self._backward(base, mask, ids, lambda rows: var[rows], loss_fn)[0])
             self._step(var, opt)
             constrain()
         adv = var.detach()
@@ -486,10 +521,8 @@ class PromptAttack:
             best_loss = torch.where(better, hard, best_loss)
 
         for step in range(cfg.steps):
-            adv = var @ sub
-            total, per = _per_sample(loss_fn(self._encode(base, mask, adv, ids)), b)
-            total.backward()
-            losses.append(float(total.detach()) / (b if per is not None else 1))
+            mean, _ = self._backward(base, mask, ids, lambda rows: var[rows] @ sub, loss_fn)
+            losses.append(mean)
             self._step(var, opt)
             with torch.no_grad():
                 var.copy_(project_to_simplex(var))

@@ -456,8 +456,9 @@ class EngineConfig(_Section):
     micro_batch: int = field(
         default=0,
         metadata={
-            "help": "Back-propagate the update in chunks of this many samples (gradients accumulate; only one "
-            "chunk's activations are alive). 0 = one pass. 1 keeps peak memory at a batch-1 pass on SD-sized models."
+            "help": "Back-propagate the update and every inner attack step in chunks of this many samples "
+            "(gradients accumulate; only one chunk's activations are alive). 0 = one pass. 1 keeps peak memory at a "
+            "batch-1 pass on SD-sized models."
         },
     )
 
@@ -476,6 +477,15 @@ class EngineConfig(_Section):
             "help": "Once the frozen encoder's outputs for every prompt the run uses are cached, free the frozen "
             "encoder copy (one text encoder less in memory; same results). Needs engine.cache_original; kept when an "
             "option encodes new text with it (anchor.kind=adversarial, neighbors, token_focus.mode=eot)."
+        },
+    )
+
+    share_frozen_weights: bool = field(
+        default=True,
+        metadata={
+            "help": "Copies of a text encoder (the trained one made from a given pipeline's, a frozen original) "
+            "share every tensor that is not trained instead of duplicating it (the token embedding table at least); "
+            "false: full copies, as the reference."
         },
     )
 

@@ -17,13 +17,17 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import difflib
 
 import torch
 
 from .config import TrainableConfig
 
-__all__ = ["LoraTargetError", "text_transformer", "make_trainable", "trainable_state_dict", "linear_module_names"]
+__all__ = [
+    "LoraTargetError", "text_transformer", "make_trainable", "trainable_state_dict", "linear_module_names",
+    "frozen_parameter_names", "copy_sharing_frozen",
+]
 
 
 class LoraTargetError(ValueError):
@@ -73,6 +77,44 @@ def _select(text_encoder, cfg: TrainableConfig) -> list[str]:
     return names
 
 
+def _is_embedding(name: str) -> bool:
+    return ".embeddings." in name or name.startswith("embeddings.")
+
+
+def frozen_parameter_names(text_encoder, cfg: TrainableConfig) -> set[str]:
+    """Names of the parameters :func:`make_trainable` will leave frozen, worked out without changing anything (for
+    LoRA: every base weight, the embeddings too unless ``train_embeddings``)."""
+    names = [n for n, _ in text_encoder.named_parameters()]
+    if cfg.part == "lora":
+        trainable = {n for n in names if _is_embedding(n)} if cfg.train_embeddings else set()
+    else:
+        trainable = set(_select(text_encoder, cfg))
+    return {n for n in names if n not in trainable}
+
+
+def copy_sharing_frozen(text_encoder: torch.nn.Module, cfg: TrainableConfig) -> torch.nn.Module:
+    """A copy of ``text_encoder`` that owns only the tensors ``cfg`` trains: every parameter that stays frozen is the
+    original's own (the same ``Parameter``), so the copy costs the trainable part alone (on CLIP, the 49,408-token
+    embedding table, 38M parameters at SD size, is never duplicated). Neither side may then be cast or moved
+    (``.to()`` would convert the shared tensors in place): make the copy on the device and in the dtype it will run
+    in. :func:`make_trainable` on the copy also clears ``requires_grad`` of the shared tensors on the original.
+
+    Example:
+        >>> from transformers import CLIPTextConfig, CLIPTextModel
+        >>> from robust_encoders.training.config import TrainableConfig
+        >>> enc = CLIPTextModel(CLIPTextConfig(vocab_size=100, hidden_size=32, intermediate_size=64,
+        ...     num_hidden_layers=2, num_attention_heads=4))
+        >>> twin = copy_sharing_frozen(enc, TrainableConfig(part="first_k", layers=1))
+        >>> twin.get_input_embeddings().weight is enc.get_input_embeddings().weight
+        True
+        >>> twin.encoder.layers[0].mlp.fc1.weight is enc.encoder.layers[0].mlp.fc1.weight
+        False
+    """
+    frozen = frozen_parameter_names(text_encoder, cfg)
+    memo = {id(p): p for n, p in text_encoder.named_parameters() if n in frozen}
+    return copy.deepcopy(text_encoder, memo)
+
+
 def make_trainable(text_encoder, cfg: TrainableConfig) -> tuple[torch.nn.Module, list[str]]:
     """Freeze everything but the chosen part; returns (model to train, names of trainable params).
 
@@ -114,7 +156,7 @@ def make_trainable(text_encoder, cfg: TrainableConfig) -> tuple[torch.nn.Module,
     model = get_peft_model(text_encoder, lcfg)
     if cfg.train_embeddings:
         for n, p in model.named_parameters():
-            if ".embeddings." in n or n.startswith("embeddings."):
+            if _is_embedding(n):
                 p.requires_grad_(True)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     return model, names

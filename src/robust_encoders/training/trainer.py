@@ -49,7 +49,7 @@ from .prompts import (
     read_prompt_file,
 )
 from .sampling import TrajectoryPool, derive_seed, derived_generator
-from .trainable import make_trainable
+from .trainable import copy_sharing_frozen, make_trainable
 
 __all__ = [
     "BaseModelUnavailableError",
@@ -164,6 +164,15 @@ class _Base:
     tokenizer_2: Any = None
     force_zeros: bool = False
     image_size: tuple[int, int] | None = None
+    # a given pipeline's own encoders (text_encoder, text_encoder_2): never trained, so they can be the frozen original
+    originals: tuple[Any, Any] | None = None
+
+
+def _is_at(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> bool:
+    """Every parameter of ``module`` is of ``dtype`` on ``device`` (so sharing it needs no conversion)."""
+    dev = torch.device(device)
+    return all(p.dtype == dtype and p.device.type == dev.type and (p.device.index or 0) == (dev.index or 0)
+               for p in module.parameters())
 
 
 def _image_size(unet, vae_scale_factor: int) -> tuple[int, int]:
@@ -413,7 +422,8 @@ class Trainer:
                     f"model.encoders=text_encoder_2, but {base.ref} has a single text encoder (only SDXL has a "
                     "text_encoder_2). Use model.encoders=both (or text_encoder)."
                 )
-            self.te_orig = te if self._shares_original_encoder() else self._frozen_copy(te)
+            te = te.to(self.device)  # before any copy shares its tensors (moving it later would move theirs too)
+            self.te_orig = self._frozen_original([te], base)[0]
             torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
             self.model, self.trainable_names = make_trainable(te, cfg.trainable)
             self.model.to(self.device)
@@ -483,13 +493,14 @@ class Trainer:
         if missing:
             raise ValueError(f"pipeline lacks {', '.join(missing)}; pass a StableDiffusionPipeline or load model.base_model.")
         unet = p.unet.requires_grad_(False).eval().to(self.device, self.frozen_dtype)
-        te = copy.deepcopy(p.text_encoder).to(torch.float32)
+        te = self._trained_copy(p.text_encoder, self._trains("text_encoder"))
         sched = DDIMScheduler.from_config(p.scheduler.config)
         xl = {}
         if getattr(p, "text_encoder_2", None) is not None:  # SDXL
             if getattr(p, "tokenizer_2", None) is None:
                 raise ValueError("pipeline has a text_encoder_2 but no tokenizer_2; pass a StableDiffusionXLPipeline.")
-            xl = dict(text_encoder_2=copy.deepcopy(p.text_encoder_2).to(torch.float32), tokenizer_2=p.tokenizer_2,
+            xl = dict(text_encoder_2=self._trained_copy(p.text_encoder_2, self._trains("text_encoder_2")),
+                      tokenizer_2=p.tokenizer_2,
                       force_zeros=bool(getattr(getattr(p, "config", None), "force_zeros_for_empty_prompt", True)),
                       image_size=_image_size(unet, int(getattr(p, "vae_scale_factor", 8))))
         ref = _base_reference(self.cfg.model.base_model)[0] if self.cfg.is_miniature else self.cfg.model.base_model
@@ -498,7 +509,8 @@ class Trainer:
 
         family = "miniature" if self.cfg.is_miniature else (
             _family_of_shapes(unet, xl.get("text_encoder_2")) or family_of_base_model(ref) or "sd1")
-        return _Base(ref, unet, te, p.tokenizer, sched, family, **xl)
+        return _Base(ref, unet, te, p.tokenizer, sched, family, originals=(p.text_encoder, p.text_encoder_2 if xl else None),
+                     **xl)
 
     def _setup_pair(self, base: _Base) -> None:
         """SDXL: train ``model.encoders`` of (text_encoder, text_encoder_2); the trained model is their pair."""
@@ -508,8 +520,7 @@ class Trainer:
         pad2 = getattr(base.tokenizer_2, "pad_token_id", None)
         eos = int(getattr(base.tokenizer, "eos_token_id", None) or 49407)
         pair = (base.text_encoder, base.text_encoder_2)
-        frozen = pair if self._shares_original_encoder() else [self._frozen_copy(m) for m in pair]
-        self.te_orig = TextEncoderPair(*frozen, pad_token_id_2=pad2, eos_token_id=eos)
+        self.te_orig = TextEncoderPair(*self._frozen_original(pair, base), pad_token_id_2=pad2, eos_token_id=eos)
         torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
         members = {}
         for slot, enc in (("text_encoder", base.text_encoder), ("text_encoder_2", base.text_encoder_2)):
@@ -567,11 +578,40 @@ class Trainer:
         return prompts
 
     # -- encoders ---------------------------------------------------------------------------------------------------
-    def _shares_original_encoder(self) -> bool:
-        """Whether the frozen encoder's outputs are all cached during set-up and the encoder is then dropped
-        (engine.release_original_encoder). Then no frozen copy is made at all: until the first update the trained
-        encoder *is* the original (LoRA starts as the identity), so set-up reads the frozen outputs from it (in its
-        fp32, cast to the frozen dtype) and never holds two copies (at SD-1.5 size 0.5 GB in fp32; on the miniature model the peak of a micro-batched run)."""
+    def _trains(self, slot: str) -> bool:
+        return self.cfg.model.encoders in (slot, "both")
+
+    def _trained_copy(self, encoder, trained: bool):
+        """The trainer's own fp32 copy of a given pipeline's encoder, on the run's device; the pipeline's weights are
+        never changed. With engine.share_frozen_weights, when the pipeline's encoder already is fp32 on that device,
+        the copy shares every tensor that will not be trained (all of them for an encoder this run does not train)."""
+        if self.cfg.engine.share_frozen_weights and _is_at(encoder, self.device, torch.float32):
+            if not trained:
+                return encoder
+            return copy_sharing_frozen(encoder, self.cfg.trainable)
+        return copy.deepcopy(encoder).to(self.device, torch.float32)
+
+    def _frozen_original(self, encoders: list, base: _Base) -> list:
+        """The frozen encoders the targets come from, cheapest first:
+        1. a given pipeline's own encoders, when they already are in the frozen dtype on the run's device: the run
+           trains a copy, so these stay the original; nothing is copied;
+        2. the trained encoders themselves, whose outputs set-up caches for every prompt of the run before the first
+           update (engine.release_original_encoder; until then the trained encoder *is* the original, LoRA starting
+           as the identity; read in its fp32, cast to the frozen dtype); nothing is copied and nothing is kept;
+        3. a frozen copy, sharing with the trained encoder what it does not train when the frozen dtype is fp32."""
+        given = [o for o in (base.originals or ()) if o is not None]
+        if (len(given) == len(encoders) and all(_is_at(g, self.device, self.frozen_dtype) and not g.training for g in given)):
+            self.frozen_source = "pipeline"
+            return given
+        if self._releases_original_encoder():
+            self.frozen_source = "released"
+            return list(encoders)
+        self.frozen_source = "copy"
+        return [self._frozen_copy(e) for e in encoders]
+
+    def _releases_original_encoder(self) -> bool:
+        """Whether the frozen outputs are all cached during set-up and the encoder is then dropped
+        (engine.release_original_encoder; at SD-1.5 size 0.5 GB less in fp32)."""
         from .options import TrainerOptions
 
         e = self.cfg.engine
@@ -579,12 +619,16 @@ class Trainer:
             self.cfg)
 
     def _frozen_copy(self, encoder):
-        return copy.deepcopy(encoder).requires_grad_(False).eval().to(self.device, self.frozen_dtype)
+        share = (self.cfg.engine.share_frozen_weights and self.frozen_dtype == torch.float32
+                 and _is_at(encoder, self.device, torch.float32))
+        twin = copy_sharing_frozen(encoder, self.cfg.trainable) if share else copy.deepcopy(encoder)
+        twin.requires_grad_(False).eval()
+        return twin if share else twin.to(self.device, self.frozen_dtype)
 
     def _release_original_encoder(self) -> None:
         """engine.release_original_encoder: cache the frozen encoder's outputs for every prompt the run can use
         ("", the forget and the retain prompts), then drop the reference to the original weights."""
-        if not self._shares_original_encoder():
+        if self.frozen_source != "released":
             return
         self._orig_outputs(["", *self.forget_prompts, *self.retain_prompts])
         self.te_orig = None
@@ -665,6 +709,7 @@ class Trainer:
             self.attack_states[chain] = res.state
             return res, fresh
         acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
+        acfg = dataclasses.replace(acfg, micro_batch=self.cfg.engine.micro_batch)  # chunked like the update
         if not fresh:
             acfg = dataclasses.replace(acfg, steps=0, init="warm")
         elif a.restart_every and new_round and rnd % a.restart_every == a.restart_every - 1:
@@ -674,9 +719,14 @@ class Trainer:
         fixed = self._on_device(xb)
         xt_gen = derived_generator(self.cfg.seed, "attack-xt", self.rank, step) if a.resample_xt else None
 
-        def loss_fn(enc):
-            # the iteration's (x_t, t), or a new timestep of the same trajectories at every step
-            lat, ts, target = fixed if xt_gen is None else self._on_device(self.forget_pool.resample(xb, xt_gen))
+        drawn = [fixed]
+
+        def loss_fn(enc, rows: slice = slice(None)):
+            # the iteration's (x_t, t), or a new timestep of the same trajectories at every step (drawn once per
+            # step: with engine.micro_batch the step's later chunks reuse what its first chunk drew)
+            if xt_gen is not None and rows.start in (None, 0):
+                drawn[0] = self._on_device(self.forget_pool.resample(xb, xt_gen))
+            lat, ts, target = (t[rows] for t in drawn[0])
             return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
 
         was_training = self.model.training
