@@ -13,8 +13,10 @@ Rows per model:
   reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, fused passes).
 * ``fast`` (miniature): ``ours`` with 4 attack steps instead of 16 (``bench/evaluate_concepts.py --rows fast``
   measures its robustness).
-* ``fast+micro`` (miniature): ``fast`` with the update back-propagated one sample at a time
-  (``engine.micro_batch=1``; the same gradient, tested in tests/test_training_run.py).
+* ``fast+micro2``, ``fast+micro3`` (miniature): ``fast`` with the update and each inner attack step
+  back-propagated 2 or 3 samples at a time (``engine.micro_batch``; the same gradient, so the same robustness as
+  ``fast``: tested in tests/test_training_run.py and tests/test_attacks_prompt.py); smaller chunks, less memory,
+  more UNet calls.
 
 Models: the embedded miniature pipeline, and an SD-1.5-sized pipeline with random weights
 built from config (CLIP text encoder 768 x 12 layers, vocabulary 49,408; UNet 320/640/1280/1280;
@@ -74,8 +76,8 @@ ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied t
 #: the "fast" row of bench/evaluate_concepts.py (the default recipe with a 4-step inner attack), one definition
 FAST = _load_rows()["fast"]
 COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
-#: back-propagate the update one sample at a time (same gradient, less activation memory)
-MICRO = ["engine.micro_batch=1"]
+#: back-propagate the update and the attack steps this many samples at a time (same gradient, less activation memory)
+MICRO_SIZES = (2, 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -276,9 +278,10 @@ def main(argv=None) -> int:
                          overrides=[*base, f"iterations={args.iterations}"]),
             "fast": dict(name="miniature/fast", model="miniature", recipe=mini,
                          overrides=[*base, *FAST, f"iterations={args.iterations}"]),
-            "fast+micro": dict(name="miniature/fast+micro", model="miniature", recipe=mini,
-                               overrides=[*base, *FAST, *MICRO, f"iterations={args.iterations}"]),
         }
+        for m in MICRO_SIZES:
+            specs[f"fast+micro{m}"] = dict(name=f"miniature/fast+micro{m}", model="miniature", recipe=mini,
+                                           overrides=[*base, *FAST, f"engine.micro_batch={m}", f"iterations={args.iterations}"])
         res = {k: run_config(v) for k, v in specs.items()}
         for k, v in specs.items():  # tensor memory: a second, profiled run of a few iterations (the peak recurs)
             short = [*v["overrides"], f"iterations={args.memory_iterations}"]
@@ -288,13 +291,13 @@ def main(argv=None) -> int:
         ref_t = measured_iteration(res["reference"])
         rows.append(["miniature", "reference", "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 UNet copies",
                      "measured", ref_t, 1.0, res["reference"], res["reference"]])
-        for key in ("ours", "fast", "fast+micro"):
+        for key in [k for k in specs if k != "reference"]:
             cfg = load_recipe(mini, specs[key]["overrides"])
             t = measured_iteration(res[key])
             desc = (f"{cfg.attack.steps} warm attack steps k={cfg.attack.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}), "
                     f"batch {cfg.unlearn.batch_size}+{cfg.retain.batch_size}, 1 UNet")
             if cfg.engine.micro_batch:
-                desc += f", update in micro-batches of {cfg.engine.micro_batch}"
+                desc += f", update and attack in micro-batches of {cfg.engine.micro_batch}"
             rows.append(["miniature", key, desc, "measured", t, ref_t / t, res[key], res["reference"]])
         notes.append(f"miniature: mean of iterations 2..N (N = {args.reference_iterations} reference, "
                      f"{args.iterations} the others; iteration 1 fills our trajectory pools once, "
@@ -304,8 +307,11 @@ def main(argv=None) -> int:
             "warm-up) under torch's profiler with memory events; the peak of the running sum of the CPU allocator's "
             "allocations and frees, i.e. the memory held by tensors (models, optimiser state, activations, caches), "
             "counted from before the pipeline loads. It is what a GPU's max_memory_allocated would report, "
-            "without the allocator's and the interpreter's share of the RSS. The UNet and text encoder weights the "
-            "pipeline itself keeps (the trainer trains a copy of its encoder) count in every row.")
+            "without the allocator's and the interpreter's share of the RSS. The pipeline's own UNet, text encoder "
+            "and VAE count in every row. The reference holds AdvUnlearn's two copies (a second UNet, and a full "
+            "trained copy of the encoder beside the pipeline's, which serves as the frozen original: "
+            "`engine.share_frozen_weights=false`); ours trains a copy that owns only the trained tensors (the frozen "
+            "token embedding table stays the pipeline's).")
     if "sd15" in models:
         sd = str(RECIPES / "advunlearn_sd14.yaml")
         small = [f"iterations={args.sd_iterations}", f"attack.steps={args.sd_attack_steps}",
@@ -371,7 +377,7 @@ def main(argv=None) -> int:
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] + [
         "- Peak RSS is the whole process; 'peak above imports' subtracts the RSS after importing torch, diffusers, "
         "transformers and peft, and 'memory vs ref' compares that part (the models, optimizer, activations, caches; "
-        "no VAE is loaded in either row). "
+        "the SD-1.5-sized pipeline has no VAE; the miniature one's counts in every row). "
         "On a GPU our default also keeps the frozen UNet and encoder in bf16/fp16 (`model.dtype=auto`), which "
         "this CPU measurement does not show.",
     ]

@@ -277,7 +277,10 @@ class Trainer:
         accelerator: an ``accelerate.Accelerator`` (one is created when omitted).
         pipeline: an already loaded Stable Diffusion pipeline (or any object with ``unet``,
             ``text_encoder``, ``tokenizer``, ``scheduler``) to use instead of loading
-            ``model.base_model``; its UNet is frozen in place, its text encoder is copied.
+            ``model.base_model``; its UNet is frozen in place, its text encoder is copied (only the
+            tensors the run trains: the rest stays shared, ``engine.share_frozen_weights``) and serves
+            as the frozen original. Its weights are never changed; the shared tensors' ``requires_grad``
+            is switched off.
     """
 
     def __init__(
