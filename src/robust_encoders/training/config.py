@@ -476,7 +476,8 @@ class EngineConfig(_Section):
         metadata={
             "help": "Once the frozen encoder's outputs for every prompt the run uses are cached, free the frozen "
             "encoder copy (one text encoder less in memory; same results). Needs engine.cache_original; kept when an "
-            "option encodes new text with it (anchor.kind=adversarial, neighbors, token_focus.mode=eot)."
+            "option encodes new text with it (anchor.kind=adversarial, neighbors, token_focus.mode=eot). Not needed "
+            "when a given pipeline's own encoder, already in the frozen dtype, is the frozen original."
         },
     )
 
