@@ -411,16 +411,16 @@ class PromptAttack:
             for p, f in zip(params, flags, strict=True):
                 p.requires_grad_(f)
 
-    def _backward(self, base, mask, ids, adv_of: Callable[[slice], torch.Tensor], loss_fn) -> tuple[float, bool]:
+    def _backward(self, base, mask, ids, adv_of: Callable[[slice], torch.Tensor], loss_fn) -> float:
         """One gradient step's loss, back-propagated into the attack variable (``adv_of(rows)`` gives the slots of
         prompts ``rows``): the whole batch at once, or ``config.micro_batch`` prompts at a time (gradients add up to
-        the same sum). Returns (mean loss per prompt, or the scalar loss; whether it was per prompt)."""
+        the same sum). Returns the mean loss per prompt (or the scalar loss)."""
         b = ids.shape[0]
         m = self.config.micro_batch
         if not m or m >= b:
             total, per = _per_sample(loss_fn(self._encode(base, mask, adv_of(slice(0, b)), ids)), b)
             total.backward()
-            return float(total.detach()) / (b if per is not None else 1), per is not None
+            return float(total.detach()) / (b if per is not None else 1)
         total = 0.0
         for start in range(0, b, m):
             rows = slice(start, min(b, start + m))
@@ -433,7 +433,7 @@ class PromptAttack:
                 )
             loss.sum().backward()
             total += float(loss.detach().sum())
-        return total / b, True
+        return total / b
 
     def _step(self, var: torch.Tensor, opt: torch.optim.Optimizer | None) -> None:
         if opt is not None:
@@ -465,7 +465,7 @@ class PromptAttack:
         constrain()
         losses: list[float] = []
         for _ in range(cfg.steps):
-            losses.append(self._backward(base, mask, ids, lambda rows: var[rows], loss_fn)[0])
+            losses.append(self._backward(base, mask, ids, lambda rows: var[rows], loss_fn))
             self._step(var, opt)
             constrain()
         adv = var.detach()
@@ -521,8 +521,7 @@ class PromptAttack:
             best_loss = torch.where(better, hard, best_loss)
 
         for step in range(cfg.steps):
-            mean, _ = self._backward(base, mask, ids, lambda rows: var[rows] @ sub, loss_fn)
-            losses.append(mean)
+            losses.append(self._backward(base, mask, ids, lambda rows: var[rows] @ sub, loss_fn))
             self._step(var, opt)
             with torch.no_grad():
                 var.copy_(project_to_simplex(var))

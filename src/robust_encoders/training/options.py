@@ -327,7 +327,6 @@ class TrainerOptions:
         self.neighbors_on = cfg.neighbors.k > 0
         self.eot_on = cfg.token_focus.mode == "eot"
         self.derived_on = cfg.attack.enabled and cfg.attack.mode == "derived"
-        self.needs_original_encoder = self.needs_original_encoder_for(cfg)
         self.surgery = cfg.optim.grad_surgery == "per_tensor"
         self.eos = int(getattr(trainer.tokenizer, "eos_token_id", None) or 49407)
         self.anchor: AdversarialAnchor | None = None

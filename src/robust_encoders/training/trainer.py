@@ -588,11 +588,17 @@ class Trainer:
         """The trainer's own fp32 copy of a given pipeline's encoder, on the run's device; the pipeline's weights are
         never changed. With engine.share_frozen_weights, when the pipeline's encoder already is fp32 on that device,
         the copy shares every tensor that will not be trained (all of them for an encoder this run does not train)."""
-        if self.cfg.engine.share_frozen_weights and _is_at(encoder, self.device, torch.float32):
-            if not trained:
-                return encoder
+        if not trained and self.cfg.engine.share_frozen_weights and _is_at(encoder, self.device, torch.float32):
+            return encoder
+        return self._copy_of(encoder, torch.float32)
+
+    def _copy_of(self, encoder, dtype: torch.dtype):
+        """A copy of ``encoder`` in ``dtype`` on the run's device. With engine.share_frozen_weights, when ``encoder``
+        already is there in that dtype, the copy shares every tensor the run does not train (no conversion would
+        touch the shared tensors); otherwise it is a full copy."""
+        if self.cfg.engine.share_frozen_weights and _is_at(encoder, self.device, dtype):
             return copy_sharing_frozen(encoder, self.cfg.trainable)
-        return copy.deepcopy(encoder).to(self.device, torch.float32)
+        return copy.deepcopy(encoder).to(self.device, dtype)
 
     def _frozen_original(self, encoders: list, base: _Base) -> list:
         """The frozen encoders the targets come from, cheapest first:
@@ -622,11 +628,7 @@ class Trainer:
             self.cfg)
 
     def _frozen_copy(self, encoder):
-        share = (self.cfg.engine.share_frozen_weights and self.frozen_dtype == torch.float32
-                 and _is_at(encoder, self.device, torch.float32))
-        twin = copy_sharing_frozen(encoder, self.cfg.trainable) if share else copy.deepcopy(encoder)
-        twin.requires_grad_(False).eval()
-        return twin if share else twin.to(self.device, self.frozen_dtype)
+        return self._copy_of(encoder, self.frozen_dtype).requires_grad_(False).eval()
 
     def _release_original_encoder(self) -> None:
         """engine.release_original_encoder: cache the frozen encoder's outputs for every prompt the run can use
