@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from _launch import accelerate_launch
 from robust_encoders.evaluation import RESULT_KEYS, EvalConfig, evaluate_encoder
 
 TINY = dict(
@@ -65,16 +66,14 @@ def _cli_evaluate(out, launcher=()):
            "--set", "unlearndiffatk.check_every=1", "--set", "synonym.max_variants=2", "--out", str(out),
            "--no-progress"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-12000:]
     details = json.loads((out / "details.json").read_text())
     return json.loads((out / "result.json").read_text()), details
 
 
 def test_two_processes_merge_exactly_like_one(tmp_path):
-    launch = ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no"]
     one, one_details = _cli_evaluate(tmp_path / "one")
-    two, two_details = _cli_evaluate(tmp_path / "two", launch)
+    two, two_details = _cli_evaluate(tmp_path / "two", accelerate_launch(2))
     assert (one_details["num_processes"], two_details["num_processes"]) == (1, 2)
     assert (tmp_path / "two" / "grid.png").is_file()
     for res in (one, two):

@@ -13,6 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from _launch import accelerate_launch
 from robust_encoders.training import BaseModelUnavailableError, RunDirError, Trainer, train
 from robust_encoders.training.trainer import resolve_config
 
@@ -225,12 +226,10 @@ def test_unavailable_base_model_fails_fast_and_clearly(tmp_path, monkeypatch):
 def test_two_processes_keep_identical_replicas(tmp_path):
     """`accelerate launch` with 2 CPU processes: gradients are averaged, replicas stay bit-identical."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "robust_encoders", "train", "--concept", "star", "-o", str(tmp_path / "mp"),
-           *TINY, "iterations=2"]
+    cmd = [sys.executable, *accelerate_launch(2), "-m", "robust_encoders", "train", "--concept", "star",
+           "-o", str(tmp_path / "mp"), *TINY, "iterations=2"]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode == 0, proc.stderr[-12000:]
     log = [json.loads(ln) for ln in (tmp_path / "mp" / "log.jsonl").read_text().splitlines()]
     assert log[-1]["world_size"] == 2 and log[-1]["replicas_identical"] is True
     assert "loss_mean_over_processes" in log[0]
