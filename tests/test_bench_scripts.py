@@ -74,3 +74,54 @@ def test_tensor_peak_counts_live_tensors_not_everything_ever_allocated():
     result, peak = _train_speed().tensor_peak_mb(fn)
     assert result == 2_500_000.0
     assert 12_000_000 / 2**20 <= peak < 12_100_000 / 2**20  # not 14 MB (everything allocated), not 8 (no sum)
+
+
+def _robustness_curve():
+    spec = importlib.util.spec_from_file_location("robustness_curve", BENCH.with_name("robustness_curve.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_robustness_curve_scores_each_checkpoint_and_extends_a_run(tmp_path):
+    """Every checkpoint's own weights are evaluated (not the final ones), results are cached, and a longer
+    --iterations resumes the cached run and adds only the new points."""
+    import torch
+    from safetensors.torch import load_file
+
+    from robust_encoders.miniature import load_pipeline
+    from robust_encoders.training.checkpoint import list_checkpoints
+
+    curve = _robustness_curve()
+    tiny = ["unlearn.ddim_steps=4", "unlearn.batch_size=2", "sampling.pool=2", "sampling.retain_pool=2",
+            "sampling.refresh=1", "sampling.refresh_every=2", "attack.warmup=1", "attack.steps=2",
+            "retain.batch_size=2", "retain.num_prompts=20", "optim.lr=1e-2"]
+    common = ["--concept", "star", "--seeds", "0", "--every", "1", "--min-step", "1", "--attacks", "synonym",
+              "--eval-set", "synonym.max_variants=1", "--n-prompts", "2", "--runs-dir", str(tmp_path / "runs"),
+              "--out", str(tmp_path / "out"), *[f"--train-set={t}" for t in tiny]]
+    assert curve.main([*common, "--iterations", "2"]) == 0
+    run = tmp_path / "runs" / "star-s0"
+    steps = [s for s, _ in list_checkpoints(run)]
+    assert steps == [1, 2]
+    cache = tmp_path / "out" / "robustness_curve" / "star-s0.json"
+    first = json.loads(cache.read_text())
+    assert set(first) == {"1", "2"} and 0.0 <= first["1"]["asr"]["synonym"] <= 1.0
+    first["1"]["asr"]["synonym"] = 0.123  # a marker: a cached point is not re-run
+    cache.write_text(json.dumps(first))
+
+    pipe = load_pipeline()
+    at1 = curve.encoder_at(pipe.text_encoder, list_checkpoints(run)[0][1])
+    final = load_file(str(run / "text_encoder" / "model.safetensors"))
+    trained = json.loads((list_checkpoints(run)[0][1] / "state.json").read_text())["trainable_names"]
+    name = next(n for n in trained if "weight" in n and "layer_norm" not in n)
+    assert not torch.equal(dict(at1.named_parameters())[name], final[name])  # step 1 is not the final weights
+    assert torch.equal(dict(curve.encoder_at(pipe.text_encoder, list_checkpoints(run)[1][1]).named_parameters())[name],
+                       final[name])
+    assert not torch.equal(dict(pipe.text_encoder.named_parameters())[name], dict(at1.named_parameters())[name])
+
+    assert curve.main([*common, "--iterations", "3"]) == 0
+    second = json.loads(cache.read_text())
+    assert set(second) == {"1", "2", "3"} and second["1"]["asr"]["synonym"] == 0.123
+    table = (tmp_path / "out" / "robustness_curve_star.md").read_text()
+    assert "| 3 |" in table and "12.3%" in table and "seed 0 synonym" in table
+    assert (tmp_path / "out" / "robustness_curve_star.png").stat().st_size > 0
