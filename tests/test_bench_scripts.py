@@ -1,5 +1,5 @@
 """The benchmark scripts: evaluate_concepts completes an existing table instead of recomputing it; train_speed's
-tensor-memory measure counts live tensors."""
+tensor-memory measure counts live tensors; robustness_curve scores each checkpoint's own weights."""
 
 from __future__ import annotations
 
@@ -7,18 +7,21 @@ import importlib.util
 import json
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent.parent / "bench" / "evaluate_concepts.py"
+from _tiny import TINY_TRAIN
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
-def _bench():
-    spec = importlib.util.spec_from_file_location("evaluate_concepts", BENCH)
+def _script(name: str):
+    """A bench/ script loaded as a module by path (bench/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
 def test_uda_k_column_is_added_to_an_existing_row_without_recomputing_it(tmp_path):
-    bench = _bench()
+    bench = _script("evaluate_concepts")
     common = ["--concepts", "star", "--rows", "original", "--n-prompts", "2", "--n-retain", "0",
               "--attacks", "synonym", "--out", str(tmp_path), "--eval-set", "unlearndiffatk.steps=1"]
     assert bench.main(common + ["--uda-k", "0"]) == 0
@@ -39,7 +42,7 @@ def test_uda_k_column_is_added_to_an_existing_row_without_recomputing_it(tmp_pat
 
 
 def test_bounded_soft_prompt_column_is_added_like_the_uda_k_one(tmp_path):
-    bench = _bench()
+    bench = _script("evaluate_concepts")
     common = ["--concepts", "star", "--rows", "original", "--n-prompts", "2", "--n-retain", "0", "--uda-k", "0",
               "--attacks", "synonym", "--out", str(tmp_path), "--eval-set", "soft_prompt.steps=2",
               "--eval-set", "soft_prompt.check_every=1"]
@@ -53,13 +56,6 @@ def test_bounded_soft_prompt_column_is_added_like_the_uda_k_one(tmp_path):
     assert "ASR soft_prompt vocab" in (tmp_path / "evaluate_concepts.md").read_text()
 
 
-def _train_speed():
-    spec = importlib.util.spec_from_file_location("train_speed", BENCH.with_name("train_speed.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 def test_tensor_peak_counts_live_tensors_not_everything_ever_allocated():
     """train_speed.tensor_peak_mb: the peak of live CPU tensor memory (frees count), and fn's own result."""
     import torch
@@ -71,16 +67,9 @@ def test_tensor_peak_counts_live_tensors_not_everything_ever_allocated():
         c = torch.ones(500_000)  # 10 MB live
         return float(b.sum() + c.sum())
 
-    result, peak = _train_speed().tensor_peak_mb(fn)
+    result, peak = _script("train_speed").tensor_peak_mb(fn)
     assert result == 2_500_000.0
     assert 12_000_000 / 2**20 <= peak < 12_100_000 / 2**20  # not 14 MB (everything allocated), not 8 (no sum)
-
-
-def _robustness_curve():
-    spec = importlib.util.spec_from_file_location("robustness_curve", BENCH.with_name("robustness_curve.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_robustness_curve_scores_each_checkpoint_and_extends_a_run(tmp_path):
@@ -92,10 +81,8 @@ def test_robustness_curve_scores_each_checkpoint_and_extends_a_run(tmp_path):
     from robust_encoders.miniature import load_pipeline
     from robust_encoders.training.checkpoint import list_checkpoints
 
-    curve = _robustness_curve()
-    tiny = ["unlearn.ddim_steps=4", "unlearn.batch_size=2", "sampling.pool=2", "sampling.retain_pool=2",
-            "sampling.refresh=1", "sampling.refresh_every=2", "attack.warmup=1", "attack.steps=2",
-            "retain.batch_size=2", "retain.num_prompts=20", "optim.lr=1e-2"]
+    curve = _script("robustness_curve")
+    tiny = [*TINY_TRAIN, "optim.lr=1e-2"]
     common = ["--concept", "star", "--seeds", "0", "--every", "1", "--min-step", "1", "--attacks", "synonym",
               "--eval-set", "synonym.max_variants=1", "--n-prompts", "2", "--runs-dir", str(tmp_path / "runs"),
               "--out", str(tmp_path / "out"), *[f"--train-set={t}" for t in tiny]]

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from _tiny import TINY_TRAIN as TINY
 from robust_encoders.core.text import encode_from_token_embeds, encode_ids, tokenize
 from robust_encoders.tokenization import load_clip_tokenizer
 from robust_encoders.training import train
@@ -237,11 +238,6 @@ def test_adversarial_anchor_stays_bounded_and_changes_over_refreshes(tok):
 # ---------------------------------------------------------------------------------------------------------------
 # end to end
 # ---------------------------------------------------------------------------------------------------------------
-TINY = [
-    "unlearn.ddim_steps=4", "unlearn.batch_size=2", "sampling.pool=2", "sampling.retain_pool=2", "sampling.refresh=1",
-    "sampling.refresh_every=2", "attack.warmup=1", "attack.steps=2", "retain.batch_size=2", "retain.num_prompts=20",
-    "log.progress=false", "optim.lr=1e-3",
-]
 ALL_ON = ["anchor.kind=adversarial", "anchor.every=2", "neighbors.k=2", "optim.grad_surgery=per_tensor",
           "token_focus.mode=eot", "token_focus.hinge_weight=0.5", "attack.mode=derived"]
 

@@ -14,15 +14,9 @@ import torch
 from safetensors.torch import load_file
 
 from _launch import accelerate_launch
+from _tiny import TINY_TRAIN as TINY  # a few seconds per run
 from robust_encoders.training import BaseModelUnavailableError, RunDirError, Trainer, train
 from robust_encoders.training.trainer import resolve_config
-
-# A few seconds per run: tiny DDIM, tiny pools, a two-step attack after a one-step warm-up.
-TINY = [
-    "unlearn.ddim_steps=4", "unlearn.batch_size=2", "sampling.pool=2", "sampling.retain_pool=2", "sampling.refresh=1",
-    "sampling.refresh_every=2", "attack.warmup=1", "attack.steps=2", "retain.batch_size=2", "retain.num_prompts=20",
-    "log.progress=false", "optim.lr=1e-3",
-]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
