@@ -124,6 +124,12 @@ def main(argv: list[str] | None = None) -> int:
     cache_dir = out / "robustness_curve"
     cache_dir.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    cfg = EvalConfig(concept=args.concept, n_prompts=args.n_prompts, n_retain=0, seed=args.seed, attacks=attacks,
+                     attack_overrides=parse_overrides(args.eval_set), progress=False)
+
+    def on_curve(step: int) -> bool:
+        return args.min_step <= step <= args.iterations and step % args.every == 0
+
     pipe = load_pipeline()
     t_all = time.perf_counter()
     results: dict[int, dict[str, dict]] = {}
@@ -137,13 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         cache = cache_dir / f"{args.concept}-s{seed}.json"
         done = json.loads(cache.read_text()) if cache.exists() else {}
         for step, ckpt in list_checkpoints(run):
-            if step < args.min_step or step % args.every or step > args.iterations:
+            if not on_curve(step) or all(a in done.get(str(step), {}).get("asr", {}) for a in attacks):
                 continue
-            have = done.get(str(step), {}).get("asr", {})
-            if all(a in have for a in attacks):
-                continue
-            cfg = EvalConfig(concept=args.concept, n_prompts=args.n_prompts, n_retain=0, seed=args.seed,
-                             attacks=attacks, attack_overrides=parse_overrides(args.eval_set), progress=False)
             res = evaluate_encoder(encoder_at(pipe.text_encoder, ckpt), pipe=pipe, config=cfg,
                                    encoder_name=f"{args.concept}-s{seed}@{step}")
             entry = done.setdefault(str(step), {"asr": {}})
@@ -154,8 +155,7 @@ def main(argv: list[str] | None = None) -> int:
             cache.write_text(json.dumps(done, indent=1, sort_keys=True) + "\n")
         results[seed] = done
 
-    steps = sorted({int(s) for d in results.values() for s in d if int(s) <= args.iterations
-                    and int(s) >= args.min_step and int(s) % args.every == 0})
+    steps = sorted({int(s) for d in results.values() for s in d if on_curve(int(s))})
 
     def pct(x) -> str:
         return "" if x is None else f"{100 * x:.1f}%"
