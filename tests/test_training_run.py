@@ -303,6 +303,26 @@ def test_released_encoder_is_never_copied(tmp_path, monkeypatch):
         assert torch.equal(shared._orig_hidden(prompts), kept._orig_hidden(prompts)), extra
 
 
+def test_trainer_lets_go_of_the_parts_of_a_given_pipeline_it_does_not_use(tmp_path):
+    """A trainer given a pipeline keeps what training needs (its UNet and text encoder) but not the pipeline: once the
+    caller drops it, the VAE, which training never runs, is freed, as it is never loaded when training by name."""
+    import gc
+    import weakref
+
+    from robust_encoders.miniature import load_pipeline
+
+    pipe = load_pipeline()
+    vae, unet = weakref.ref(pipe.vae), pipe.unet
+    trainer = Trainer(resolve_config("star", TINY + ["iterations=2"]), tmp_path / "run", pipeline=pipe)
+    del pipe
+    gc.collect()
+    assert vae() is not None  # held until set-up has taken what it needs
+    trainer.run()
+    gc.collect()
+    assert vae() is None
+    assert trainer.unet is unet  # the pipeline's own UNet, frozen in place
+
+
 @pytest.mark.parametrize("part", ["all", "lora"])
 def test_given_pipeline_is_shared_not_copied(tmp_path, part):
     """Trained from a given pipeline, the run copies only what it trains: the pipeline's own encoder is the frozen

@@ -407,6 +407,9 @@ class Trainer:
         cfg = self.cfg
         self.frozen_dtype, self.autocast_dtype = self._precision()
         base = _load_base(cfg, self.device, self.frozen_dtype) if self._pipeline is None else self._given_base()
+        # what training needs of a given pipeline is in `base` now; dropping the pipeline itself lets the parts it
+        # never uses (the VAE, a safety checker) go once the caller lets go of them too, as when loading by name
+        self._pipeline = None
         self.base = base
         self.tokenizer, self.scheduler, self.family = base.tokenizer, base.scheduler, base.family
         self.unet = base.unet
