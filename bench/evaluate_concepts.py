@@ -4,8 +4,8 @@ Rows (per concept):
     original    the miniature pipeline's own text encoder (no erasure)
     esd         ESD-style text-encoder erasure, no adversarial training   (train ... attack.enabled=false), 300 it
     advunlearn  AdvUnlearn's reference recipe: continuous k=1 prefix attack, 30 steps, lr 1e-3, warm start, 300 it
-    ours        the project's default miniature recipe (600 iterations, 16 warm-started k=3 attack steps)
-    fast        ours with 4 attack steps per iteration instead of 16 (opt-in, --rows; 3.7x the reference's speed)
+    ours        the project's default miniature recipe (600 iterations, 8 warm-started k=3 attack steps)
+    fast        ours with 4 attack steps per iteration instead of 8 (opt-in, --rows)
     lora        the default recipe with LoRA adapters      (train ... trainable.part=lora optim.lr=1e-3)
     ours+<opt>  opt-in (--rows): one trainer option on top of "ours" (anchor, neighbors, surgery, eot, derived),
                 and ours+combo (anchor + neighbors + surgery + eot); see README "Trainer options"
@@ -49,7 +49,7 @@ ROWS: dict[str, list[str]] = {
                    "unlearn.include_clean=false", "sampling.pool=0", "sampling.retain_pool=0",
                    "retain.batch_size=5", "retain.include_empty=false"],
     "ours": [],
-    # the default recipe with a 4-step inner attack instead of 16: AdvUnlearn's "fast AT" trade (opt-in, --rows)
+    # the default recipe with a 4-step inner attack instead of 8: AdvUnlearn's "fast AT" trade (opt-in, --rows)
     "fast": ["attack.steps=4"],
     # LoRA adapters learn slowly at full fine-tuning's 1e-4 (star: UnlearnDiffAtk 79%, k=5 92%); 1e-3 (as the colour
     # and style recipes already use) took star to 0% / 4.2%

@@ -5,18 +5,20 @@ Rows per model:
 * ``reference``: AdvUnlearn's settings and structure, emulated with our trainer's switches:
   30 attack steps (k=1, prefix), a fresh x_t every iteration (DDIM from noise down to a random
   step, for the concept *and* for the 5 retain prompts), two model copies (a second frozen
-  UNet for the original branch: ``engine.share_unet=false``), the frozen encoder re-run on
-  every call (``engine.cache_original=false``), separate UNet passes for the unlearning and
-  retain losses (``engine.fused_unet_batch=false``).
+  UNet for the original branch: ``engine.share_unet=false``; a full trained copy of the encoder beside the
+  pipeline's: ``engine.share_frozen_weights=false``), the frozen encoder re-run on every call
+  (``engine.cache_original=false``), separate UNet passes for the unlearning and retain losses
+  (``engine.fused_unet_batch=false``); and the parts its script loads but never trains, kept alive for the run
+  (:func:`advunlearn_extra_copies`: its three VAEs and third CLIP encoder).
 * ``ours``: the recipe defaults (``recipes/miniature_default.yaml`` on the miniature model,
   ``recipes/advunlearn_sd14.yaml`` on the SD-1.5-sized model: same hyper-parameters as the
-  reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, fused passes).
-* ``fast`` (miniature): ``ours`` with 4 attack steps instead of 16 (``bench/evaluate_concepts.py --rows fast``
-  measures its robustness).
-* ``fast+micro2``, ``fast+micro3`` (miniature): ``fast`` with the update and each inner attack step
-  back-propagated 2 or 3 samples at a time (``engine.micro_batch``; the same gradient, so the same robustness as
-  ``fast``: tested in tests/test_training_run.py and tests/test_attacks_prompt.py); smaller chunks, less memory,
-  more UNet calls.
+  reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, micro-batched passes), holding what
+  ``robust-encoders train`` holds (no VAE: training never decodes).
+* ``VARIANTS`` (miniature): ``ours`` with one batched UNet pass per update instead of micro-batches of 4
+  (``engine.micro_batch=0``: faster on a CPU at this size, more activation memory), with the previous default's
+  16 inner attack steps, and ``fast`` (4 steps; ``bench/evaluate_concepts.py --rows fast`` measures its
+  robustness). Micro-batching gives the same gradient (tested in tests/test_training_run.py and
+  tests/test_attacks_prompt.py), so the same robustness.
 
 Models: the embedded miniature pipeline, and an SD-1.5-sized pipeline with random weights
 built from config (CLIP text encoder 768 x 12 layers, vocabulary 49,408; UNet 320/640/1280/1280;
@@ -76,8 +78,12 @@ ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied t
 #: the "fast" row of bench/evaluate_concepts.py (the default recipe with a 4-step inner attack), one definition
 FAST = _load_rows()["fast"]
 COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
-#: back-propagate the update and the attack steps this many samples at a time (same gradient, less activation memory)
-MICRO_SIZES = (2, 3)
+#: miniature rows beside the defaults: what the engine's micro-batching and the inner attack's budget cost
+VARIANTS = {
+    "ours, one batched pass": ["engine.micro_batch=0"],
+    "ours, 16 attack steps": ["attack.steps=16"],
+    "fast": FAST,
+}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,6 +117,32 @@ def _sd15_pipeline(seed: int = 0):
     ))
     return argparse.Namespace(unet=unet, text_encoder=te.eval(), tokenizer=load_clip_tokenizer(),
                               scheduler=build_scheduler("ddim"))
+
+
+def _sd_vae(seed: int = 0):
+    """An SD-1.x-sized VAE (AutoencoderKL's defaults with SD's four blocks, 83.7M parameters), random weights."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(seed)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    )
+
+
+def advunlearn_extra_copies(pipe) -> list:
+    """What AdvUnlearn's training script holds beyond the two UNets and two encoders our trainer's switches emulate.
+
+    Its ``train-scripts/AdvUnlearn.py`` loads SD-1.4's diffusers VAE and CLIP encoder (the one it trains) and, through
+    ``get_models`` of the ESD code base, two full LDM checkpoints (the trained one and the frozen original), each with
+    its UNet, VAE and CLIP encoder: three VAEs and three encoders in all. The reference row keeps the rest alive for
+    the whole run: the pipeline's VAE (an SD-sized one where the pipeline has none), two more copies of it and a third
+    encoder. Training never runs them; they are the memory the reference code pays for loading whole pipelines."""
+    import copy
+
+    vae = getattr(pipe, "vae", None) or _sd_vae()
+    return [vae, copy.deepcopy(vae), copy.deepcopy(vae), copy.deepcopy(pipe.text_encoder)]
 
 
 def count_unet_calls(trainer, unet) -> None:
@@ -170,6 +202,7 @@ def worker(spec: dict, build=None) -> dict:
         pipe = load_pipeline()
     else:
         pipe = _sd15_pipeline()
+    held = advunlearn_extra_copies(pipe) if spec.get("advunlearn_copies") else []
     rss_models = _rss_mb()
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
@@ -179,6 +212,8 @@ def worker(spec: dict, build=None) -> dict:
         trainer.run()
         wall = time.perf_counter() - t0
         log = [json.loads(ln) for ln in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
+    held_mb = sum(t.numel() * t.element_size() for m in held for t in m.parameters()) / 2**20
+    del held
     pools = {}
     for name, pool in (("forget", trainer.forget_pool), ("retain", trainer.retain_pool)):
         if pool is not None:
@@ -189,6 +224,7 @@ def worker(spec: dict, build=None) -> dict:
         "steps": [r for r in log if "event" not in r],
         "pools": pools,
         "wall_s": wall,
+        "extra_copies_mb": held_mb,
         "rss_start_mb": rss_start,
         "rss_models_mb": rss_models,
         "peak_rss_mb": _rss_mb(),
@@ -272,16 +308,14 @@ def main(argv=None) -> int:
         mini = str(RECIPES / "miniature_default.yaml")
         base = [f"concept.name={args.concept}", *COMMON]
         specs = {
-            "reference": dict(name="miniature/reference", model="miniature", recipe=mini,
+            "reference": dict(name="miniature/reference", model="miniature", recipe=mini, advunlearn_copies=True,
                               overrides=[*base, *ADVUNLEARN, *REFERENCE_ENGINE, f"iterations={args.reference_iterations}"]),
             "ours": dict(name="miniature/ours", model="miniature", recipe=mini,
                          overrides=[*base, f"iterations={args.iterations}"]),
-            "fast": dict(name="miniature/fast", model="miniature", recipe=mini,
-                         overrides=[*base, *FAST, f"iterations={args.iterations}"]),
         }
-        for m in MICRO_SIZES:
-            specs[f"fast+micro{m}"] = dict(name=f"miniature/fast+micro{m}", model="miniature", recipe=mini,
-                                           overrides=[*base, *FAST, f"engine.micro_batch={m}", f"iterations={args.iterations}"])
+        for key, extra in VARIANTS.items():
+            specs[key] = dict(name=f"miniature/{key}", model="miniature", recipe=mini,
+                              overrides=[*base, *extra, f"iterations={args.iterations}"])
         res = {k: run_config(v) for k, v in specs.items()}
         for k, v in specs.items():  # tensor memory: a second, profiled run of a few iterations (the peak recurs)
             short = [*v["overrides"], f"iterations={args.memory_iterations}"]
@@ -289,15 +323,15 @@ def main(argv=None) -> int:
         from robust_encoders.training import load_recipe
 
         ref_t = measured_iteration(res["reference"])
-        rows.append(["miniature", "reference", "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 UNet copies",
+        rows.append(["miniature", "reference", "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 SD copies",
                      "measured", ref_t, 1.0, res["reference"], res["reference"]])
         for key in [k for k in specs if k != "reference"]:
             cfg = load_recipe(mini, specs[key]["overrides"])
             t = measured_iteration(res[key])
             desc = (f"{cfg.attack.steps} warm attack steps k={cfg.attack.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}), "
                     f"batch {cfg.unlearn.batch_size}+{cfg.retain.batch_size}, 1 UNet")
-            if cfg.engine.micro_batch:
-                desc += f", update and attack in micro-batches of {cfg.engine.micro_batch}"
+            desc += (f", update and attack in micro-batches of {cfg.engine.micro_batch}" if cfg.engine.micro_batch
+                     else ", each update in one batched UNet pass")
             rows.append(["miniature", key, desc, "measured", t, ref_t / t, res[key], res["reference"]])
         notes.append(f"miniature: mean of iterations 2..N (N = {args.reference_iterations} reference, "
                      f"{args.iterations} the others; iteration 1 fills our trajectory pools once, "
@@ -307,18 +341,29 @@ def main(argv=None) -> int:
             "warm-up) under torch's profiler with memory events; the peak of the running sum of the CPU allocator's "
             "allocations and frees, i.e. the memory held by tensors (models, optimiser state, activations, caches), "
             "counted from before the pipeline loads. It is what a GPU's max_memory_allocated would report, "
-            "without the allocator's and the interpreter's share of the RSS. The pipeline's own UNet, text encoder "
-            "and VAE count in every row. The reference holds AdvUnlearn's two copies (a second UNet, and a full "
-            "trained copy of the encoder beside the pipeline's, which serves as the frozen original: "
-            "`engine.share_frozen_weights=false`); ours trains a copy that owns only the trained tensors (the frozen "
-            "token embedding table stays the pipeline's).")
+            "without the allocator's and the interpreter's share of the RSS. The reference holds what AdvUnlearn's "
+            "training script holds (train-scripts/AdvUnlearn.py): a diffusers VAE and the CLIP encoder it trains, and "
+            "two full LDM checkpoints (ESD's get_models: the trained and the frozen original, each with UNet, VAE and "
+            "CLIP encoder), so 2 UNets, 3 VAEs and 3 encoders; our trainer's switches "
+            "give the second UNet (`engine.share_unet=false`) and a full trained copy of the encoder beside the "
+            "pipeline's (`engine.share_frozen_weights=false`), and the bench keeps the rest alive for the whole run "
+            "(`advunlearn_extra_copies`: the pipeline's VAE, two more VAEs and a third encoder). Ours holds what "
+            "`robust-encoders train` holds: the one UNet, the pipeline's encoder as the frozen original, a copy of "
+            "only the trained tensors (the token embedding table stays shared), no VAE (training never decodes).")
+        ref = res["reference"]
+        bare = ref["tensor_peak_mb"] - ref["extra_copies_mb"]
+        ours = res["ours"]["tensor_peak_mb"]
+        notes.append(
+            f"miniature: the reference's extra copies hold {ref['extra_copies_mb']:.1f} MB for the whole run. "
+            f"Without them (only the second UNet and encoder, as this bench emulated the reference before) its peak "
+            f"tensors would be {bare:.1f} MB, and ours {ours / bare:.2f}x of that.")
     if "sd15" in models:
         sd = str(RECIPES / "advunlearn_sd14.yaml")
         small = [f"iterations={args.sd_iterations}", f"attack.steps={args.sd_attack_steps}",
                  f"unlearn.ddim_steps={args.sd_ddim_steps}"]
         base = ["concept.name=vangogh", "concept.kind=style", "model.base_model=sd15-random-weights", *COMMON]
         specs = {
-            "reference": dict(name="sd15/reference", model="sd15", recipe=sd,
+            "reference": dict(name="sd15/reference", model="sd15", recipe=sd, advunlearn_copies=True,
                               overrides=[*base, *ADVUNLEARN, *REFERENCE_ENGINE, *small]),
             "ours": dict(name="sd15/ours", model="sd15", recipe=sd,
                          overrides=[*base, *small, "sampling.refresh=1", "sampling.pool=1", "sampling.retain_pool=1"]),
@@ -337,7 +382,7 @@ def main(argv=None) -> int:
                 ddim_steps=full.unlearn.ddim_steps, ours=key == "ours")
             notes.append(f"sd15/{key} measured unit costs (s): " + ", ".join(f"{k}={v:.2f}" for k, v in units.items()))
         for key, desc in (
-            ("reference", "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 UNet copies"),
+            ("reference", "30 attack steps k=1, fresh x_t (DDIM 50), retain 5, 2 SD copies"),
             ("ours", f"{full.attack.steps} warm attack steps k=1, pooled x_t (DDIM 50, refresh every "
                      f"{full.sampling.refresh_every}), retain 5 fused, 1 UNet"),
         ):
@@ -377,7 +422,8 @@ def main(argv=None) -> int:
     lines += ["", "Notes:", ""] + [f"- {n}" for n in notes] + [
         "- Peak RSS is the whole process; 'peak above imports' subtracts the RSS after importing torch, diffusers, "
         "transformers and peft, and 'memory vs ref' compares that part (the models, optimizer, activations, caches; "
-        "the SD-1.5-sized pipeline has no VAE; the miniature one's counts in every row). "
+        "in the reference the three VAEs and the third encoder, the VAEs built from SD's config for the SD-1.5-sized "
+        "model). "
         "On a GPU our default also keeps the frozen UNet and encoder in bf16/fp16 (`model.dtype=auto`), which "
         "this CPU measurement does not show.",
     ]

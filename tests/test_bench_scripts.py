@@ -72,6 +72,26 @@ def test_tensor_peak_counts_live_tensors_not_everything_ever_allocated():
     assert 12_000_000 / 2**20 <= peak < 12_100_000 / 2**20  # not 14 MB (everything allocated), not 8 (no sum)
 
 
+def test_reference_holds_advunlearn_s_extra_copies():
+    """train_speed's reference row holds what AdvUnlearn's script loads beyond our trainer's two UNets and two encoders:
+    three VAEs (the pipeline's and two independent copies; an SD-sized one where the pipeline has none) and a third
+    encoder, each its own tensors."""
+    from argparse import Namespace
+
+    from robust_encoders.miniature import load_pipeline
+
+    bench = _script("train_speed")
+    pipe = load_pipeline()
+    vae, vae2, vae3, te = bench.advunlearn_extra_copies(pipe)
+    assert vae is pipe.vae and vae2 is not vae and vae3 is not vae2
+    ptrs = {id(m): {p.data_ptr() for p in m.parameters()} for m in (vae, vae2, vae3, te, pipe.text_encoder)}
+    assert not ptrs[id(vae)] & ptrs[id(vae2)] and not ptrs[id(vae2)] & ptrs[id(vae3)]
+    assert not ptrs[id(te)] & ptrs[id(pipe.text_encoder)]
+    assert all(a.equal(b) for a, b in zip(te.parameters(), pipe.text_encoder.parameters(), strict=True))
+    sd_vae = bench.advunlearn_extra_copies(Namespace(text_encoder=pipe.text_encoder))[0]
+    assert 83_000_000 < sum(p.numel() for p in sd_vae.parameters()) < 84_000_000  # SD's VAE: 83.7M
+
+
 def test_robustness_curve_scores_each_checkpoint_and_extends_a_run(tmp_path):
     """Every checkpoint's own weights are evaluated (not the final ones), results are cached, and a longer
     --iterations resumes the cached run and adds only the new points."""
