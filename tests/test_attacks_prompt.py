@@ -88,6 +88,25 @@ def test_discrete_tokens_retokenise_to_the_same_embeddings(enc, tok):
     assert torch.allclose(hard, res.sample_losses, atol=1e-5)
 
 
+def test_score_final_off_skips_one_pass_and_changes_nothing_else(enc, tok):
+    calls = []
+    target = torch.randn(32, generator=torch.Generator().manual_seed(2))
+
+    def counted(out):
+        calls.append(1)
+        return _loss(target)(out)
+
+    runs = {}
+    for score in (True, False):
+        calls.clear()
+        cfg = PromptAttackConfig(steps=4, lr=0.05, k=2, seed=5, score_final=score)
+        runs[score] = (PromptAttack(enc, tok, cfg).run(PROMPTS, counted), len(calls))
+    (scored, n_scored), (unscored, n_unscored) = runs[True], runs[False]
+    assert (n_scored, n_unscored) == (5, 4)  # 4 steps, plus one pass to score the result
+    assert unscored.sample_losses is None and scored.sample_losses.shape == (2,)
+    assert torch.equal(scored.token_embeds, unscored.token_embeds) and scored.losses == unscored.losses
+
+
 def test_eps_bound_warm_start_and_seed(enc, tok):
     cfg = PromptAttackConfig(steps=4, lr=0.5, k=1, eps=0.01, optimizer="sign", init="warm", seed=3)
     att = PromptAttack(enc, tok, cfg)

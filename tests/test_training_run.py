@@ -256,6 +256,32 @@ def test_micro_batches_give_the_same_update(tmp_path, monkeypatch):
     assert recomputed, "engine.gradient_checkpointing=true must route the UNet blocks through torch's checkpoint"
 
 
+def test_attack_loss_is_read_off_the_update_pass(tmp_path):
+    """The trainer skips the attack's own scoring pass (score_final=False); the logged attack loss, taken from the
+    update's forward pass of the adversarial prompt, is the loss the attack's final prompt has against its teacher."""
+    from robust_encoders.core.diffusion import predict_eps
+    from robust_encoders.training.trainer import _mse_per_sample
+
+    tr = Trainer(resolve_config("star", [*TINY, "iterations=2", "attack.warmup=0"]), tmp_path / "run")
+    tr._setup()
+    seen = {}
+    attack = tr._attack
+
+    def observed(step, prompts, xb):
+        res, fresh = attack(step, prompts, xb)
+        lat, ts, teacher = tr._on_device(xb)
+        with torch.no_grad():
+            eps = predict_eps(tr.unet, lat, ts, tr._adv_cond(res, list(range(len(prompts)))))
+        seen[step] = (res.sample_losses, float(_mse_per_sample(eps, teacher).mean()))
+        return res, fresh
+
+    tr._attack = observed
+    record = tr.train_step(0)
+    own_score, recomputed = seen[0]
+    assert own_score is None  # no extra UNet pass inside the attack
+    assert record["attack_loss"] == pytest.approx(recomputed, rel=1e-5)
+
+
 def test_frozen_encoder_is_released_once_its_outputs_are_cached(tmp_path):
     """engine.release_original_encoder (default): the frozen encoder copy is freed after caching its outputs for
     every prompt the run uses, with the same trained weights as keeping it; options that encode new text with it keep

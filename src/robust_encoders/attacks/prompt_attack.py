@@ -121,6 +121,13 @@ class PromptAttackConfig:
             "that accepts rows= (see PromptAttack.run)."
         },
     )
+    score_final: bool = field(
+        default=True,
+        metadata={
+            "help": "Continuous mode: score the returned prompt with one more loss_fn pass (AttackResult.sample_losses). "
+            "A caller that runs that forward pass anyway (the trainer's update) sets False and saves it."
+        },
+    )
 
     def __post_init__(self) -> None:
         choices = {
@@ -187,7 +194,8 @@ class AttackResult:
     ``input_ids`` carries placeholders at the slots (``adv_mask``). Discrete attacks also give
     the real tokens (``adv_token_ids``, (B, k)) and the decoded prompts (``texts``), which
     tokenise back to exactly ``token_embeds``. ``losses`` is the mean loss per step;
-    ``sample_losses`` the (B,) loss of what is returned.
+    ``sample_losses`` the (B,) loss of what is returned (None for a continuous attack run with
+    ``score_final=False``).
     """
 
     token_embeds: torch.Tensor
@@ -469,9 +477,11 @@ class PromptAttack:
             self._step(var, opt)
             constrain()
         adv = var.detach()
+        sample = None
         with torch.no_grad():
-            final = loss_fn(self._encode(base, mask, adv, ids))
-            sample = final.detach().reshape(-1).float() if final.dim() > 0 else None
+            if cfg.score_final:
+                final = loss_fn(self._encode(base, mask, adv, ids))
+                sample = final.detach().reshape(-1).float() if final.dim() > 0 else None
             emb = base.clone()
             emb[mask] = adv.reshape(-1, adv.shape[-1])
         rounds = (state.rounds + 1) if (warm and state is not None) else 1

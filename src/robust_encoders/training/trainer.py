@@ -261,6 +261,7 @@ class _Part:
     hidden: Any  # Callable[[list[int]], Tensor]: trained-encoder conditioning of samples idx
     target: torch.Tensor
     coef: float = 1.0  # weight of each sample's MSE in the total loss
+    probe: torch.Tensor | None = None  # a second target only measured, not trained on (the attack's teacher)
 
     def __len__(self) -> int:
         return int(self.latents.shape[0])
@@ -445,6 +446,7 @@ class Trainer:
         self.retain_prompts = self._retain_prompts()
         # frozen-encoder outputs (cached for the fixed prompt sets)
         self._orig_cache: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
+        self._ids_cache: dict[str, torch.Tensor] = {}  # prompt -> token ids on the device (_token_ids)
         self.uncond = self._orig_cond([""])
         if base.force_zeros:  # SDXL's default: the unconditional branch is all zeros, not the encoded ""
             u = self.uncond
@@ -661,7 +663,7 @@ class Trainer:
             # for all of them at once, the run's peak memory on the miniature model
             for start in range(0, len(missing), ENCODE_CHUNK):
                 chunk = missing[start:start + ENCODE_CHUNK]
-                enc = encode_ids(self.te_orig, tokenize(self.tokenizer, chunk, device=self.device))
+                enc = encode_ids(self.te_orig, self._token_ids(chunk))
                 out = enc.last_hidden_state.to(self.frozen_dtype)
                 pooled = enc.text_embeds.to(self.frozen_dtype) if self.time_ids is not None else [None] * len(chunk)
                 fresh.update((p, (h, q)) for p, h, q in zip(chunk, out, pooled, strict=True))
@@ -695,12 +697,20 @@ class Trainer:
                              "conditioning with Trainer._encode_cond / _cond_of, not a bare hidden-state tensor.")
         return Conditioning(c)
 
+    def _token_ids(self, prompts: list[str]) -> torch.Tensor:
+        """Token ids of ``prompts`` on the training device, each prompt tokenised once per run (the run's prompt
+        lists are fixed, and every iteration encodes some of them several times)."""
+        missing = [p for p in dict.fromkeys(prompts) if p not in self._ids_cache]
+        if missing:
+            self._ids_cache.update(zip(missing, tokenize(self.tokenizer, missing, device=self.device), strict=True))
+        return torch.stack([self._ids_cache[p] for p in prompts])
+
     def _encode(self, prompts: list[str]) -> torch.Tensor:
-        return encode_ids(self.te, tokenize(self.tokenizer, prompts, device=self.device)).last_hidden_state
+        return encode_ids(self.te, self._token_ids(prompts)).last_hidden_state
 
     def _encode_cond(self, prompts: list[str]) -> Conditioning:
         """The trained encoder's conditioning of ``prompts`` (gradients reach its weights)."""
-        return self._cond_of(encode_ids(self.te, tokenize(self.tokenizer, prompts, device=self.device)))
+        return self._cond_of(encode_ids(self.te, self._token_ids(prompts)))
 
     # -- one iteration -------------------------------------------------------------------------------------------------
     def _attack(self, step: int, prompts: list[str], xb) -> tuple[Any, bool]:
@@ -717,7 +727,8 @@ class Trainer:
             self.attack_states[chain] = res.state
             return res, fresh
         acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
-        acfg = dataclasses.replace(acfg, micro_batch=self.cfg.engine.micro_batch)  # chunked like the update
+        # chunked like the update; the final prompt's attack loss comes from the update's own pass (train_step)
+        acfg = dataclasses.replace(acfg, micro_batch=self.cfg.engine.micro_batch, score_final=False)
         if not fresh:
             acfg = dataclasses.replace(acfg, steps=0, init="warm")
         elif a.restart_every and new_round and rnd % a.restart_every == a.restart_every - 1:
@@ -813,7 +824,8 @@ class Trainer:
         ts = xb.timesteps.to(self.device)
         parts: list[_Part] = []
         if res is not None:
-            parts.append(_Part("forget_adv", lat, ts, lambda idx: self._adv_cond(res, idx), target))
+            parts.append(_Part("forget_adv", lat, ts, lambda idx: self._adv_cond(res, idx), target,
+                               probe=None if res.sample_losses is not None else xb.eps_cond.to(self.device)))
         if res is None or cfg.unlearn.include_clean:
             parts.append(_Part("forget_clean", lat, ts, lambda idx: self._encode_cond([prompts[i] for i in idx]),
                                target))
@@ -851,6 +863,7 @@ class Trainer:
         if surgery:
             chunks = [[s for s in c if parts[s[0]].name.startswith("retain") == g] for g in (False, True) for c in chunks]
         sums = [0.0] * len(parts)
+        probes = [0.0] * len(parts)
         pending = [w * v for _, g, w, v in opt_terms if g == "forget"]
         forget_grads = None
 
@@ -884,6 +897,8 @@ class Trainer:
             for k in keys:
                 n = len(by_part[k])
                 sums[k] += float(per[off:off + n].detach().sum())
+                if parts[k].probe is not None:
+                    probes[k] += float(_mse_per_sample(eps[off:off + n].detach(), parts[k].probe[by_part[k]]).sum())
                 off += n
             if e.micro_batch > 0:
                 self._backward(chunk_loss)
@@ -904,6 +919,9 @@ class Trainer:
         if surgery:
             record["surgery_conflicts"] = self.options.combine(self.params, forget_grads)
         part_loss = {p.name: sums[k] / len(p) for k, p in enumerate(parts)}
+        for k, p in enumerate(parts):
+            if p.probe is not None:  # the attack loss of its final prompt, MSE(eps(x_t, E(c_adv)), eps0(x_t, c))
+                record["attack_loss"] = probes[k] / len(p)
         loss_forget = sum(v for k, v in part_loss.items() if k.startswith("forget")) / n_forget
         loss = loss_forget + (r.weight * part_loss["retain"] if "retain" in part_loss else 0.0)
         if retain_enc is not None:
