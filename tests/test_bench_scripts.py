@@ -7,6 +7,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from _tiny import TINY_TRAIN
 
 BENCH = Path(__file__).resolve().parent.parent / "bench"
@@ -92,6 +94,21 @@ def test_reference_holds_advunlearn_s_extra_copies():
     assert 83_000_000 < sum(p.numel() for p in sd_vae.parameters()) < 84_000_000  # SD's VAE: 83.7M
 
 
+def test_reference_time_at_the_expected_ddim_draws():
+    """The reference draws a random DDIM stop per iteration: its time is taken with the expected number of sampling
+    calls at the measured cost per call, not the few draws of the timed iterations (the first is not timed; a pooled
+    sampler has no draws to correct)."""
+    bench = _script("train_speed")
+    steps = [{"time_s": 9.0, "t_sample": 5.0, "unet_calls": 99},  # iteration 1: not timed
+             {"time_s": 2.0, "t_sample": 0.5, "unet_calls": 40}, {"time_s": 4.0, "t_sample": 2.5, "unet_calls": 80}]
+    pools = {"forget": {"calls": 100, "seconds": 2.0, "size": 0}, "retain": {"calls": 100, "seconds": 3.0, "size": 0},
+             "pooled": {"calls": 10, "seconds": 50.0, "size": 16}}
+    t, calls = bench.reference_at_expected_sampling({"steps": steps, "pools": pools}, ddim_steps=9)
+    assert calls == [40, 80]
+    # mean 3.0 s, of which 1.5 s sampling; expected sampling (9 + 1) / 2 calls x (0.02 + 0.03) s = 0.25 s
+    assert t == pytest.approx(3.0 - 1.5 + 0.25)
+
+
 def test_robustness_curve_scores_each_checkpoint_and_extends_a_run(tmp_path):
     """Every checkpoint's own weights are evaluated (not the final ones), results are cached, and a longer
     --iterations resumes the cached run and adds only the new points."""
@@ -132,3 +149,27 @@ def test_robustness_curve_scores_each_checkpoint_and_extends_a_run(tmp_path):
     table = (tmp_path / "out" / "robustness_curve_star.md").read_text()
     assert "| 3 |" in table and "12.3%" in table and "seed 0 synonym" in table
     assert (tmp_path / "out" / "robustness_curve_star.png").stat().st_size > 0
+
+
+def test_soft_slot_reach_fades_as_free_slots_grow():
+    """soft_slot_reach: an encoder changed everywhere but its embeddings changes what the UNet reads at normal-sized
+    slots, and less and less as the slot vectors grow (pre-LayerNorm residual stream); the original against itself
+    changes nothing."""
+    import copy
+
+    import torch
+
+    from robust_encoders.miniature import load_pipeline
+
+    pipe = load_pipeline()
+    changed = copy.deepcopy(pipe.text_encoder)
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in changed.named_parameters():
+            if "embeddings" not in name:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    res = _script("soft_slot_reach").reach_table(pipe, {"same": pipe.text_encoder, "changed": changed},
+                                                 prompt="a star", scales=(1, 100), n=16)
+    assert res[1.0]["same"] == 0 and res[100.0]["same"] == 0
+    assert res[1.0]["changed"] > 0.05
+    assert res[100.0]["changed"] < 0.5 * res[1.0]["changed"]
