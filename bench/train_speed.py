@@ -15,8 +15,8 @@ Rows per model:
   reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, micro-batched passes), holding what
   ``robust-encoders train`` holds (no VAE: training never decodes).
 * ``VARIANTS`` (miniature): ``ours`` with one batched UNet pass per update instead of micro-batches of 4
-  (``engine.micro_batch=0``: faster on a CPU at this size, more activation memory), with the previous default's
-  16 inner attack steps, and ``fast`` (4 steps; ``bench/evaluate_concepts.py --rows fast`` measures its
+  (``engine.micro_batch=0``: faster on a CPU at this size, more activation memory), with the previous defaults'
+  trajectory refresh every 10 iterations and 16 inner attack steps, and ``fast`` (4 steps; ``bench/evaluate_concepts.py --rows fast`` measures its
   robustness). Micro-batching gives the same gradient (tested in tests/test_training_run.py and
   tests/test_attacks_prompt.py), so the same robustness.
 
@@ -81,6 +81,7 @@ COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
 #: miniature rows beside the defaults: what the engine's micro-batching and the inner attack's budget cost
 VARIANTS = {
     "ours, one batched pass": ["engine.micro_batch=0"],
+    "ours, trajectories every 10": ["sampling.refresh_every=10"],
     "ours, 16 attack steps": ["attack.steps=16"],
     "fast": FAST,
 }
@@ -341,7 +342,8 @@ def main(argv=None) -> int:
         for key in [k for k in specs if k != "reference"]:
             cfg = load_recipe(mini, specs[key]["overrides"])
             t = measured_iteration(res[key])
-            desc = (f"{cfg.attack.steps} warm attack steps k={cfg.attack.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}), "
+            desc = (f"{cfg.attack.steps} warm attack steps k={cfg.attack.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}, "
+                    f"{cfg.sampling.refresh} new every {cfg.sampling.refresh_every} it), "
                     f"batch {cfg.unlearn.batch_size}+{cfg.retain.batch_size}, 1 UNet")
             desc += (f", update and attack in micro-batches of {cfg.engine.micro_batch}" if cfg.engine.micro_batch
                      else ", each update in one batched UNet pass")
