@@ -261,6 +261,11 @@ def measured_iteration(res: dict) -> float:
     return _mean(r["time_s"] for r in steps)
 
 
+def expected_fresh_calls(ddim_steps: int) -> float:
+    """UNet (CFG) calls a fresh x_t costs on average: DDIM from noise down to a uniformly drawn step, E[stop + 1]."""
+    return (ddim_steps + 1) / 2
+
+
 def reference_at_expected_sampling(res: dict, ddim_steps: int) -> tuple[float, list[int]]:
     """(mean time per iteration with the fresh-x_t sampling at its expected cost, UNet calls per timed iteration).
 
@@ -268,7 +273,7 @@ def reference_at_expected_sampling(res: dict, ddim_steps: int) -> tuple[float, l
     can draw far more or fewer calls than the (ddim_steps + 1) / 2 expected per pool. This swaps the measured sampling
     time of the timed iterations for the expected number of calls times each pool's measured cost per call."""
     steps = res["steps"][1:] or res["steps"]
-    expected = sum((ddim_steps + 1) / 2 * per_call(pool) for pool in res["pools"].values() if not pool["size"])
+    expected = sum(expected_fresh_calls(ddim_steps) * per_call(pool) for pool in res["pools"].values() if not pool["size"])
     t = measured_iteration(res) - _mean(r["t_sample"] for r in steps) + expected
     return t, [int(r.get("unet_calls", 0)) for r in steps]
 
@@ -291,7 +296,7 @@ def scaled_iteration(res: dict, *, attack_steps_run: int, attack_steps: int, ddi
             # a refresh replaces `refresh` trajectories (one batched DDIM run) every `refresh_every` iterations
             sampling += ddim_steps * c / pool["refresh_every"]
         else:
-            sampling += (ddim_steps + 1) / 2 * c  # fresh run to a uniform random step: E[stop + 1] calls
+            sampling += expected_fresh_calls(ddim_steps) * c
     units["sampling_per_iter_s"] = sampling
     return t_update + attack_steps * t_attack_step + sampling, units
 
