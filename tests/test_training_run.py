@@ -457,3 +457,28 @@ def test_cosine_schedule_in_the_log(tmp_path):
     assert lrs == pytest.approx(expected) and lrs[-1] < lrs[1] / 5
     flat = train("star", TINY + ["iterations=2"], output_dir=tmp_path / "flat")
     assert [json.loads(ln)["lr"] for ln in (flat / "log.jsonl").read_text().splitlines()[:2]] == [1e-3, 1e-3]
+
+
+def test_per_stream_seeds_split_the_run_seed_completely(tmp_path):
+    """seeds.<stream> replaces the run's seed in that stream alone: seed 2 with every stream set to 0 trains seed 0's
+    weights (no stream still reads the run's seed), and one stream set to 0 takes only that stream from seed 0."""
+    ov = [*TINY, "iterations=3", "attack.warmup=1"]
+    streams = ["seeds.pool=0", "seeds.retain_prompts=0", "seeds.attack=0", "seeds.step=0", "seeds.init=0"]
+    s0 = _weights(train("star", [*ov, "seed=0"], output_dir=tmp_path / "s0"))
+    s2 = _weights(train("star", [*ov, "seed=2"], output_dir=tmp_path / "s2"))
+    mixed = _weights(train("star", [*ov, "seed=2", *streams], output_dir=tmp_path / "mixed"))
+    assert all(torch.equal(s0[k], mixed[k]) for k in s0)
+    assert not all(torch.equal(s0[k], s2[k]) for k in s0)
+
+    def setup(*extra):
+        tr = Trainer(resolve_config("star", [*ov, *extra]), tmp_path / f"t{len(list(tmp_path.iterdir()))}")
+        tr._setup()
+        return tr
+
+    a, b, pool_only = setup("seed=0"), setup("seed=2"), setup("seed=2", "seeds.pool=0")
+    first = {name: t.forget_pool._chunk(0)[0].latents[0] for name, t in
+             (("a", a), ("b", b), ("pool_only", pool_only))}
+    assert torch.equal(first["pool_only"], first["a"]) and not torch.equal(first["b"], first["a"])
+    assert pool_only.retain_prompts == b.retain_prompts != a.retain_prompts
+    assert setup("seed=2", "seeds.retain_prompts=0").retain_prompts == a.retain_prompts
+    assert b.cfg.fingerprint() != pool_only.cfg.fingerprint()  # a different run: no resuming one from the other

@@ -59,6 +59,7 @@ __all__ = [
     "AnchorConfig",
     "NeighborsConfig",
     "TokenFocusConfig",
+    "SeedsConfig",
     "TrainConfig",
     "apply_overrides",
     "parse_override",
@@ -600,12 +601,44 @@ class TokenFocusConfig(_Section):
 
 
 @dataclass
+class SeedsConfig(_Section):
+    """Seeds of the run's separate random streams; ``null`` (the default) takes the run's ``seed``.
+
+    Two runs that differ in one stream only tell which source of randomness a result depends on (fix all
+    streams but one: ``seed=2 seeds.pool=0`` is seed 2 with seed 0's trajectories).
+    """
+
+    pool: int | None = field(
+        default=None,
+        metadata={"help": "Frozen-model x_t trajectories of the forget and retain pools (noise and refresh draws)."},
+    )
+    retain_prompts: int | None = field(
+        default=None, metadata={"help": "Which miniature retain captions the run draws (retain.prompts=auto)."}
+    )
+    attack: int | None = field(default=None, metadata={"help": "Initial tokens of the inner attack's rounds."})
+    step: int | None = field(
+        default=None,
+        metadata={"help": "Per-iteration draws: which pooled x_t, timesteps and retain prompts an update uses."},
+    )
+    init: int | None = field(default=None, metadata={"help": "LoRA initialisation and seeded option set-up."})
+
+    def validate(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            _check(v is None or (isinstance(v, int) and not isinstance(v, bool)),
+                   f"seeds.{f.name} must be an integer or null (the run's seed), got {v!r}.")
+
+
+@dataclass
 class TrainConfig:
     """A complete, resolved training recipe."""
 
     recipe: str = field(default="custom", metadata={"help": "Recipe name (written to robust_encoder.json)."})
     seed: int = field(default=0, metadata={"help": "Seed of everything random (per-process streams derive from it)."})
     iterations: int = field(default=1000, metadata={"help": "Optimiser steps (AdvUnlearn: 1000)."})
+    seeds: SeedsConfig = field(
+        default_factory=SeedsConfig, metadata={"help": "Per-stream seeds (null: the run's seed)."}
+    )
     concept: ConceptConfig = field(default_factory=ConceptConfig, metadata={"help": "What to erase."})
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "Base pipeline."})
     unlearn: UnlearnConfig = field(default_factory=UnlearnConfig, metadata={"help": "Unlearning loss."})
@@ -661,6 +694,8 @@ class TrainConfig:
     def fingerprint(self, ignore: Iterable[str] = ()) -> str:
         """A hash of the config without the dotted keys in ``ignore`` (to detect a different run)."""
         d = self.to_dict()
+        if all(v is None for v in d["seeds"].values()):
+            d.pop("seeds")  # the default: same fingerprint as a run made before per-stream seeds existed
         for key in ignore:
             parts = key.split(".")
             cur = d
@@ -668,6 +703,17 @@ class TrainConfig:
                 cur = cur.get(p, {})
             cur.pop(parts[-1], None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def stream_seed(self, stream: str) -> int:
+        """The seed of one random stream (``seeds.<stream>``, else the run's ``seed``).
+
+        Example:
+            >>> cfg = TrainConfig(seed=2, seeds=SeedsConfig(pool=0))
+            >>> cfg.stream_seed("pool"), cfg.stream_seed("attack")
+            (0, 2)
+        """
+        value = getattr(self.seeds, stream)
+        return self.seed if value is None else value
 
     @property
     def is_miniature(self) -> bool:

@@ -359,7 +359,7 @@ class TrainerOptions:
             a = cfg.anchor
             self.anchor = AdversarialAnchor(
                 self.concept_rows, radius=a.radius, lr=a.lr, steps=a.steps,
-                generator=torch.Generator().manual_seed(derive_seed(cfg.seed, "anchor")),
+                generator=torch.Generator().manual_seed(derive_seed(cfg.stream_seed("init"), "anchor")),
             )
 
     def _names(self) -> str:
@@ -433,7 +433,7 @@ class TrainerOptions:
 
         n = self.cfg.neighbors
         tr = self.tr
-        gen = derived_generator(self.cfg.seed, "neighbors", tr.rank, step)
+        gen = derived_generator(self.cfg.stream_seed("step"), "neighbors", tr.rank, step)
         t_max = max(len(p) for p in self.positions(prompts))
         # one draw per (neighbour, token slot), around each selected prompt's own token embeddings
         sel = [prompts[i % len(prompts)] for i in range(n.k)]

@@ -431,7 +431,7 @@ class Trainer:
                 )
             te = te.to(self.device)  # before any copy shares its tensors (moving it later would move theirs too)
             self.te_orig = self._frozen_original([te], base)[0]
-            torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
+            torch.manual_seed(derive_seed(cfg.stream_seed("init"), "init"))  # LoRA initialisation
             self.model, self.trainable_names = make_trainable(te, cfg.trainable)
             self.model.to(self.device)
             self.model.eval()  # until set-up ends: the frozen outputs may come from these very weights
@@ -457,7 +457,7 @@ class Trainer:
         common = dict(
             unet=self.unet_orig, scheduler=self.scheduler, shape=shape, ddim_steps=cfg.unlearn.ddim_steps,
             guidance=cfg.unlearn.start_guidance, eta=cfg.unlearn.ddim_eta, refresh=sc.refresh,
-            refresh_every=sc.refresh_every, seed=cfg.seed, rank=self.rank, dtype=self.frozen_dtype,
+            refresh_every=sc.refresh_every, seed=cfg.stream_seed("pool"), rank=self.rank, dtype=self.frozen_dtype,
         )
         self.forget_pool = TrajectoryPool(
             "forget", self.forget_prompts, lambda idx: self._orig_cond([self.forget_prompts[i] for i in idx]),
@@ -529,7 +529,7 @@ class Trainer:
         eos = int(getattr(base.tokenizer, "eos_token_id", None) or 49407)
         pair = (base.text_encoder, base.text_encoder_2)
         self.te_orig = TextEncoderPair(*self._frozen_original(pair, base), pad_token_id_2=pad2, eos_token_id=eos)
-        torch.manual_seed(derive_seed(cfg.seed, "init"))  # LoRA initialisation
+        torch.manual_seed(derive_seed(cfg.stream_seed("init"), "init"))  # LoRA initialisation
         members = {}
         for slot, enc in (("text_encoder", base.text_encoder), ("text_encoder_2", base.text_encoder_2)):
             if slot in self.slots:
@@ -576,7 +576,7 @@ class Trainer:
         if r.prompts != "auto":
             prompts = read_prompt_file(r.prompts)
         elif self.cfg.is_miniature:
-            prompts = miniature_retain_prompts(self.cfg.concept.name, n=r.num_prompts, seed=self.cfg.seed)
+            prompts = miniature_retain_prompts(self.cfg.concept.name, n=r.num_prompts, seed=self.cfg.stream_seed("retain_prompts"))
         else:
             prompts = default_retain_prompts(exclude=[text, self.cfg.concept.name])
         if r.include_empty:
@@ -726,7 +726,7 @@ class Trainer:
             res = self.options.derived_attack(step, prompts, fresh, self.attack_states[chain])
             self.attack_states[chain] = res.state
             return res, fresh
-        acfg = a.to_prompt_attack_config(derive_seed(self.cfg.seed, "attack", self.rank, step))
+        acfg = a.to_prompt_attack_config(derive_seed(self.cfg.stream_seed("attack"), "attack", self.rank, step))
         # chunked like the update; the final prompt's attack loss comes from the update's own pass (train_step)
         acfg = dataclasses.replace(acfg, micro_batch=self.cfg.engine.micro_batch, score_final=False)
         if not fresh:
@@ -736,7 +736,7 @@ class Trainer:
             self.attack_states[chain] = None
         attack = PromptAttack(self.te, self.tokenizer, acfg, vocab_ids=self._vocab_ids)
         fixed = self._on_device(xb)
-        xt_gen = derived_generator(self.cfg.seed, "attack-xt", self.rank, step) if a.resample_xt else None
+        xt_gen = derived_generator(self.cfg.stream_seed("step"), "attack-xt", self.rank, step) if a.resample_xt else None
 
         drawn = [fixed]
 
@@ -793,7 +793,7 @@ class Trainer:
 
     def train_step(self, step: int) -> dict[str, Any]:
         cfg = self.cfg
-        gen = derived_generator(cfg.seed, "step", self.rank, step)
+        gen = derived_generator(cfg.stream_seed("step"), "step", self.rank, step)
         t0 = time.perf_counter()
         xb = self.forget_pool.sample(cfg.unlearn.batch_size, step, gen)
         t_sample = time.perf_counter() - t0
