@@ -198,7 +198,10 @@ def main(argv=None) -> int:
             full_cfg = load_recipe(RECIPE, [*base, *extra])
             t0 = time.perf_counter()
             print(f"[full_size] {m}/{key}: {' '.join(measured)}", flush=True)
-            res = run_config(dict(name=f"{m}/{key}", model=m, recipe=str(RECIPE), overrides=measured), script=__file__)
+            # the reference also holds what AdvUnlearn's script loads beyond the two UNets and encoders (3 VAEs, a 3rd
+            # encoder: train_speed.advunlearn_extra_copies), as the miniature reference of train_speed.py does
+            res = run_config(dict(name=f"{m}/{key}", model=m, recipe=str(RECIPE), overrides=measured,
+                                  advunlearn_copies=not ours), script=__file__)
             if ours:  # scale to the recipe's refresh period, not the one used while measuring
                 for pool in res["pools"].values():
                     pool["refresh_every"] = full_cfg.sampling.refresh_every
@@ -250,8 +253,13 @@ def main(argv=None) -> int:
         "(`engine.gradient_checkpointing=true`, same gradient). On a CPU the recipe runs everything in fp32; on a GPU "
         "`model.dtype=auto` keeps the frozen UNet and encoder in bf16 and trains the encoder under bf16 autocast "
         "(fp32 weights and optimizer state): `default+bf16` sets exactly that explicitly. The reference row runs in "
-        "fp32 everywhere.",
-        "- No VAE is built: training works on latents only.",
+        "fp32 everywhere. Beside those, the reference keeps alive for the run what AdvUnlearn's `train-scripts/AdvUnlearn.py` "
+        "loads and never runs: SD-1.4's diffusers VAE and, through ESD's `get_models`, two full LDM checkpoints with "
+        "their own VAE and CLIP encoder (three SD-sized VAEs and a third encoder in all; "
+        "`train_speed.advunlearn_extra_copies`" + "".join(
+            f"; {name} {key}: {r['extra_copies_mb'] / 1024:.2f} GB" for name, key, *_, r, _w in rows
+            if r.get("extra_copies_mb")) + ").",
+        "- Our rows build no VAE: training works on latents only.",
     ]
     if not device.startswith("cuda") and "sdxl" not in models:
         lines.append(

@@ -463,7 +463,7 @@ def test_per_stream_seeds_split_the_run_seed_completely(tmp_path):
     """seeds.<stream> replaces the run's seed in that stream alone: seed 2 with every stream set to 0 trains seed 0's
     weights (no stream still reads the run's seed), and one stream set to 0 takes only that stream from seed 0."""
     ov = [*TINY, "iterations=3", "attack.warmup=1"]
-    streams = ["seeds.pool=0", "seeds.retain_prompts=0", "seeds.attack=0", "seeds.step=0", "seeds.init=0"]
+    streams = ["seeds.forget_pool=0", "seeds.retain_pool=0", "seeds.retain_prompts=0", "seeds.attack=0", "seeds.step=0", "seeds.init=0"]
     s0 = _weights(train("star", [*ov, "seed=0"], output_dir=tmp_path / "s0"))
     s2 = _weights(train("star", [*ov, "seed=2"], output_dir=tmp_path / "s2"))
     mixed = _weights(train("star", [*ov, "seed=2", *streams], output_dir=tmp_path / "mixed"))
@@ -475,10 +475,12 @@ def test_per_stream_seeds_split_the_run_seed_completely(tmp_path):
         tr._setup()
         return tr
 
-    a, b, pool_only = setup("seed=0"), setup("seed=2"), setup("seed=2", "seeds.pool=0")
+    a, b, pool_only = setup("seed=0"), setup("seed=2"), setup("seed=2", "seeds.forget_pool=0")
     first = {name: t.forget_pool._chunk(0)[0].latents[0] for name, t in
              (("a", a), ("b", b), ("pool_only", pool_only))}
     assert torch.equal(first["pool_only"], first["a"]) and not torch.equal(first["b"], first["a"])
+    retain_first = [t.retain_pool._chunk(0)[0].latents[0] for t in (a, b, pool_only)]
+    assert torch.equal(retain_first[2], retain_first[1]) and not torch.equal(retain_first[1], retain_first[0])
     assert pool_only.retain_prompts == b.retain_prompts != a.retain_prompts
     assert setup("seed=2", "seeds.retain_prompts=0").retain_prompts == a.retain_prompts
     assert b.cfg.fingerprint() != pool_only.cfg.fingerprint()  # a different run: no resuming one from the other

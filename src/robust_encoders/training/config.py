@@ -605,12 +605,14 @@ class SeedsConfig(_Section):
     """Seeds of the run's separate random streams; ``null`` (the default) takes the run's ``seed``.
 
     Two runs that differ in one stream only tell which source of randomness a result depends on (fix all
-    streams but one: ``seed=2 seeds.pool=0`` is seed 2 with seed 0's trajectories).
+    streams but one: ``seed=2 seeds.forget_pool=0`` is seed 2 with seed 0's forget trajectories).
     """
 
-    pool: int | None = field(
-        default=None,
-        metadata={"help": "Frozen-model x_t trajectories of the forget and retain pools (noise and refresh draws)."},
+    forget_pool: int | None = field(
+        default=None, metadata={"help": "The forget pool's frozen-model trajectories (prompts and noise)."}
+    )
+    retain_pool: int | None = field(
+        default=None, metadata={"help": "The retain pool's frozen-model trajectories (prompts and noise)."}
     )
     retain_prompts: int | None = field(
         default=None, metadata={"help": "Which miniature retain captions the run draws (retain.prompts=auto)."}
@@ -708,8 +710,8 @@ class TrainConfig:
         """The seed of one random stream (``seeds.<stream>``, else the run's ``seed``).
 
         Example:
-            >>> cfg = TrainConfig(seed=2, seeds=SeedsConfig(pool=0))
-            >>> cfg.stream_seed("pool"), cfg.stream_seed("attack")
+            >>> cfg = TrainConfig(seed=2, seeds=SeedsConfig(forget_pool=0))
+            >>> cfg.stream_seed("forget_pool"), cfg.stream_seed("attack")
             (0, 2)
         """
         value = getattr(self.seeds, stream)

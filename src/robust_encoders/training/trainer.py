@@ -457,18 +457,18 @@ class Trainer:
         common = dict(
             unet=self.unet_orig, scheduler=self.scheduler, shape=shape, ddim_steps=cfg.unlearn.ddim_steps,
             guidance=cfg.unlearn.start_guidance, eta=cfg.unlearn.ddim_eta, refresh=sc.refresh,
-            refresh_every=sc.refresh_every, seed=cfg.stream_seed("pool"), rank=self.rank, dtype=self.frozen_dtype,
+            refresh_every=sc.refresh_every, rank=self.rank, dtype=self.frozen_dtype,
         )
         self.forget_pool = TrajectoryPool(
             "forget", self.forget_prompts, lambda idx: self._orig_cond([self.forget_prompts[i] for i in idx]),
-            self.uncond, size=sc.pool, need_uncond=True, **common,
+            self.uncond, size=sc.pool, need_uncond=True, seed=cfg.stream_seed("forget_pool"), **common,
         )
         self.retain_pool = None
         if cfg.retain.space in ("unet", "both") and cfg.retain.weight > 0:
             self.retain_pool = TrajectoryPool(
                 "retain", self.retain_prompts,
                 lambda idx: self._orig_cond([self.retain_prompts[i] for i in idx]),
-                self.uncond, size=sc.retain_pool, need_uncond=False, **common,
+                self.uncond, size=sc.retain_pool, need_uncond=False, seed=cfg.stream_seed("retain_pool"), **common,
             )
         # optimiser
         o = cfg.optim
