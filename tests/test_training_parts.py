@@ -119,3 +119,40 @@ def test_optimizer_and_rng_state_round_trip():
     ck.restore_rng(t, m)
     b = (torch.rand(2), np.random.rand(), random.random())
     assert torch.equal(a[0], b[0]) and a[1:] == b[1:]
+
+
+def test_cycled_pool_draws_every_prompt_equally_often(pipe):
+    """sampling.prompt_order=cycle: new pooled trajectories go through the prompt set in seeded passes (each prompt
+    once per pass, passes straddling refresh chunks), as a pure function of the chunk (a resumed run rebuilds it);
+    the trajectories are generated for exactly those prompts."""
+    from collections import Counter
+
+    from robust_encoders.training.config import ConfigError
+    from robust_encoders.training.sampling import TrajectoryPool, derived_generator
+    from robust_encoders.training.trainer import resolve_config
+
+    prompts = [f"a {c} star" for c in ("red", "green", "blue", "yellow", "purple", "plain", "striped")]
+
+    def cond(idx):
+        return Conditioning(_embeds(pipe, [prompts[i] for i in idx]))
+
+    def pool(order, seed=2):
+        return TrajectoryPool("forget", prompts, cond, Conditioning(_embeds(pipe, [""])), pipe.unet, pipe.scheduler,
+                              (4, 8, 8), ddim_steps=2, guidance=3.0, size=6, refresh=3, refresh_every=1, seed=seed,
+                              prompt_order=order)
+
+    cycled = pool("cycle")
+    draws = [cycled.chunk_prompts(j).tolist() for j in range(14)]  # 42 draws: 6 passes of 7 prompts
+    assert sorted(Counter(i for d in draws for i in d).values()) == [6] * 7
+    assert [pool("cycle").chunk_prompts(j).tolist() for j in range(14)] == draws  # no state: resumable
+    assert draws != [pool("cycle", seed=0).chunk_prompts(j).tolist() for j in range(14)]
+    random_counts = Counter(i for j in range(14) for i in pool("random").chunk_prompts(j).tolist())
+    assert len(set(random_counts.values())) > 1  # independent draws: some prompts more often than others
+    traj, idx = cycled._chunk(1)
+    assert idx.tolist() == draws[1]
+    expected = ddim_trajectory(pipe.unet, pipe.scheduler, cond(draws[1]), Conditioning(_embeds(pipe, [""])),
+                               num_inference_steps=2, guidance_scale=3.0, shape=(3, 4, 8, 8),
+                               generator=[derived_generator(2, "forget", 0, "noise", 1, i) for i in range(3)])
+    assert torch.allclose(traj.latents, expected.latents)
+    with pytest.raises(ConfigError, match="prompt_order"):
+        resolve_config("star", ["sampling.prompt_order=balanced"])

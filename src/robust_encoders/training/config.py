@@ -202,6 +202,9 @@ class SamplingConfig(_Section):
     retain_pool: int = field(default=0, metadata={"help": "Retain-prompt trajectories kept (0 = fresh every iteration)."})
     refresh_every: int = field(default=10, metadata={"help": "Replace the oldest trajectories every N iterations."})
     refresh: int = field(default=1, metadata={"help": "Trajectories replaced per refresh (pool sizes must be multiples of it)."})
+    prompt_order: str = field(default="random", metadata={
+        "help": "Prompts of new pooled trajectories: random (independent draws) or cycle (every prompt once per pass "
+                "over the prompt set, in a seeded order: each prompt equally often)."})
 
     def validate(self) -> None:
         for n in ("pool", "retain_pool"):
@@ -209,6 +212,7 @@ class SamplingConfig(_Section):
             _check(isinstance(v, int) and v >= 0, f"sampling.{n} must be an integer >= 0, got {v!r}.")
         _check(isinstance(self.refresh, int) and self.refresh >= 1, "sampling.refresh must be an integer >= 1.")
         _check(isinstance(self.refresh_every, int) and self.refresh_every >= 1, "sampling.refresh_every must be >= 1.")
+        _choice("sampling", "prompt_order", self.prompt_order, ("random", "cycle"))
         for n in ("pool", "retain_pool"):
             v = getattr(self, n)
             _check(

@@ -71,6 +71,8 @@ class TrajectoryPool:
         size: trajectories kept (0 = fresh samples every request, the reference behaviour).
         refresh, refresh_every: trajectories replaced per refresh, and how often.
         seed, rank: random streams.
+        prompt_order: ``random`` draws each trajectory's prompt independently; ``cycle`` goes through the prompts in
+            passes, each prompt once per pass in a seeded order (every prompt equally often, give or take one).
         need_uncond: keep unconditional predictions (only needed for the unlearning target).
     """
 
@@ -94,9 +96,13 @@ class TrajectoryPool:
         rank: int = 0,
         need_uncond: bool = True,
         dtype: torch.dtype | None = None,
+        prompt_order: str = "random",
     ) -> None:
         if not prompts:
             raise ValueError(f"The {name} pool has no prompts.")
+        if prompt_order not in ("random", "cycle"):
+            raise ValueError(f"prompt_order must be 'random' or 'cycle', got {prompt_order!r}.")
+        self.prompt_order = prompt_order
         if size % refresh:
             raise ValueError(f"Pool size {size} must be a multiple of refresh={refresh}.")
         self.name, self.prompts = name, list(prompts)
@@ -129,9 +135,19 @@ class TrajectoryPool:
         self.seconds += time.perf_counter() - t0
         return traj
 
+    def chunk_prompts(self, j: int) -> torch.Tensor:
+        """Prompt indices of trajectory chunk ``j`` (a pure function of seed, rank and ``j``)."""
+        n = len(self.prompts)
+        if self.prompt_order == "random":
+            return torch.randint(n, (self.refresh,), generator=derived_generator(self.seed, self.name, self.rank,
+                                                                                 "chunk", j))
+        draws = range(j * self.refresh, (j + 1) * self.refresh)  # the run's draws k, pass k // n, place k % n
+        perms = {k // n: torch.randperm(n, generator=derived_generator(self.seed, self.name, self.rank, "pass", k // n))
+                 for k in draws}
+        return torch.stack([perms[k // n][k % n] for k in draws])
+
     def _chunk(self, j: int) -> tuple[Trajectory, torch.Tensor]:
-        g = derived_generator(self.seed, self.name, self.rank, "chunk", j)
-        idx = torch.randint(len(self.prompts), (self.refresh,), generator=g)
+        idx = self.chunk_prompts(j)
         gens = [derived_generator(self.seed, self.name, self.rank, "noise", j, i) for i in range(self.refresh)]
         return self._run(idx.tolist(), gens, None), idx
 

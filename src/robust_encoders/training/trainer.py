@@ -458,6 +458,7 @@ class Trainer:
             unet=self.unet_orig, scheduler=self.scheduler, shape=shape, ddim_steps=cfg.unlearn.ddim_steps,
             guidance=cfg.unlearn.start_guidance, eta=cfg.unlearn.ddim_eta, refresh=sc.refresh,
             refresh_every=sc.refresh_every, rank=self.rank, dtype=self.frozen_dtype,
+            prompt_order=sc.prompt_order,
         )
         self.forget_pool = TrajectoryPool(
             "forget", self.forget_prompts, lambda idx: self._orig_cond([self.forget_prompts[i] for i in idx]),
