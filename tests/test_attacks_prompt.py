@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel
@@ -86,6 +88,39 @@ def test_discrete_tokens_retokenise_to_the_same_embeddings(enc, tok):
     # the reported per-prompt loss is the loss of the real tokens
     hard = ((enc(ids).pooler_output - 1) ** 2).mean(-1)
     assert torch.allclose(hard, res.sample_losses, atol=1e-5)
+
+
+def test_gcg_mode_searches_real_tokens_and_warm_starts(enc, tok):
+    target = torch.randn(32, generator=torch.Generator().manual_seed(3))
+    rows_seen = []
+
+    def loss(out, rows=slice(None)):
+        rows_seen.append(rows)
+        return ((out.pooled - target[None]) ** 2).mean(-1)
+
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    cfg = PromptAttackConfig(mode="gcg", steps=6, k=2, candidates=8, topk=32, seed=1)
+    res = PromptAttack(enc, tok, cfg).run(PROMPTS, loss)
+    assert rows_seen and all(isinstance(r, torch.Tensor) and r.dtype == torch.long for r in rows_seen)
+    # the current tokens are always among the scored candidates and this loss has no noise: never worse, and better
+    assert len(res.losses) == 6 and all(b <= a + 1e-7 for a, b in zip(res.losses, res.losses[1:], strict=False))
+    start = PromptAttack(enc, tok, dataclasses.replace(cfg, steps=0)).run(PROMPTS, loss)  # the same random start
+    with torch.no_grad():
+        start_loss = ((enc(tokenize(tok, start.texts)).pooler_output - target) ** 2).mean(-1)
+    assert float(res.sample_losses.mean()) < float(start_loss.mean())
+    ids = tokenize(tok, res.texts)
+    assert res.adv_token_ids.shape == (2, 2) and torch.equal(ids, res.real_input_ids)
+    assert torch.equal(enc.get_input_embeddings()(ids), res.token_embeds)
+    with torch.no_grad():
+        hard = ((enc(ids).pooler_output - target) ** 2).mean(-1)
+    torch.testing.assert_close(hard, res.sample_losses, atol=1e-5, rtol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
+    # warm start: zero further steps hand back the same tokens; a smaller batch reuses the rows cyclically
+    warm = dataclasses.replace(cfg, init="warm", steps=0)
+    again = PromptAttack(enc, tok, warm).run(PROMPTS[:1], loss, state=res.state)
+    assert torch.equal(again.adv_token_ids, res.adv_token_ids[:1]) and again.state.rounds == 2
+    with pytest.raises(ValueError, match="warm-start a gcg attack from a continuous"):
+        PromptAttack(enc, tok, warm).run(PROMPTS, loss, state=AttackState("continuous", torch.zeros(2, 2, 32)))
 
 
 def test_score_final_off_skips_one_pass_and_changes_nothing_else(enc, tok):
@@ -183,6 +218,12 @@ def test_config_errors_teach():
         PromptAttackConfig(mode="discrete", eps=0.1)
     with pytest.raises(ValueError, match="bound='none' with mode='discrete'"):
         PromptAttackConfig(mode="discrete", bound="vocab")
+    with pytest.raises(ValueError, match="bound='none' with mode='gcg'"):
+        PromptAttackConfig(mode="gcg", bound="vocab")
+    with pytest.raises(ValueError, match="eps=None with mode='gcg'"):
+        PromptAttackConfig(mode="gcg", eps=0.1)
+    with pytest.raises(ValueError, match="candidates must be an integer >= 1"):
+        PromptAttackConfig(mode="gcg", candidates=0)
     with pytest.raises(ValueError, match="choose one of"):
         PromptAttackConfig(bound="box")
     with pytest.raises(ValueError, match="micro_batch must be"):

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from _launch import accelerate_launch
 from _tiny import TINY_TRAIN as TINY  # a few seconds per run
 from robust_encoders.training import BaseModelUnavailableError, RunDirError, Trainer, train
+from robust_encoders.training.config import ConfigError
 from robust_encoders.training.trainer import resolve_config
 
 
@@ -205,6 +206,27 @@ def test_discrete_attack_first_layer_run(tmp_path):
     log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
     assert isinstance(log[1]["adv_prompt"], str) and "attack_loss" in log[1]
     assert json.loads((run / "robust_encoder.json").read_text())["trainable_detail"]["layers"] == 1
+
+
+def test_gcg_inner_attack_trains_on_real_tokens_and_warm_starts(tmp_path):
+    from robust_encoders.core.text import tokenize
+    from robust_encoders.tokenization import load_clip_tokenizer
+
+    run = train("star", TINY + ["iterations=4", "attack.mode=gcg", "attack.k=3", "attack.steps=1",
+                                "attack.candidates=4", "attack.topk=16", "attack.init=warm"], output_dir=tmp_path / "g")
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    prompts = [r["adv_prompt"] for r in log[1:4]]
+    assert all(isinstance(p, str) for p in prompts) and "attack_loss" in log[1]
+    # warm start: each round continues from the last round's real tokens, and one GCG step swaps at most one of the
+    # 3 slots (a fresh random start would change all three)
+    slots = [tokenize(load_clip_tokenizer(), [p])[0, 1:4] for p in prompts]
+    assert all(int((a != b).sum()) <= 1 for a, b in zip(slots, slots[1:], strict=False))
+    with pytest.raises(ConfigError, match="attack.resample_xt=false with attack.mode=gcg"):
+        resolve_config("star", TINY + ["attack.mode=gcg", "attack.resample_xt=true"])
+    # a key added later stays out of the fingerprint at its default, so older run folders still resume
+    base = resolve_config("star", TINY)
+    assert resolve_config("star", TINY + ["attack.candidates=16"]).fingerprint() == base.fingerprint()
+    assert resolve_config("star", TINY + ["attack.candidates=8"]).fingerprint() != base.fingerprint()
 
 
 @pytest.mark.filterwarnings("ignore:The `local_dir_use_symlinks`")

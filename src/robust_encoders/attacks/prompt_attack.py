@@ -21,6 +21,11 @@ Modes:
   optimiser step the distribution is projected back onto the simplex. At the end (and every
   ``project_every`` steps) the distributions are projected to their most likely real tokens;
   the best real tokens seen are returned together with the decoded prompts.
+* ``gcg``: real tokens throughout, searched by greedy coordinate gradient
+  (:class:`~robust_encoders.attacks.token_search.TokenSearch`): each step proposes ``candidates``
+  single-slot swaps per prompt among the ``topk`` tokens the relaxed one-hot's gradient favours,
+  scores them exactly and keeps the best. The evaluation's UnlearnDiffAtk searches this way; as
+  an inner training attack it puts the encoder against the adversary of the real-token threat.
 
 Example:
     >>> import torch
@@ -58,7 +63,7 @@ __all__ = [
     "project_to_simplex",
 ]
 
-AttackMode = Literal["continuous", "discrete"]
+AttackMode = Literal["continuous", "discrete", "gcg"]
 Position = Literal["prefix", "suffix", "replace"]
 OptimizerName = Literal["adam", "sign"]
 InitName = Literal["random", "warm", "token"]
@@ -71,7 +76,8 @@ class PromptAttackConfig:
 
     mode: AttackMode = field(
         default="continuous",
-        metadata={"help": "'continuous' (free soft-token embeddings) or 'discrete' (relaxed one-hot over real tokens)."},
+        metadata={"help": "'continuous' (free soft-token embeddings), 'discrete' (relaxed one-hot over real tokens, "
+                  "projected at the end) or 'gcg' (greedy coordinate gradient search over real tokens)."},
     )
     steps: int = field(default=30, metadata={"help": "Optimisation steps per attack."})
     lr: float = field(
@@ -113,6 +119,12 @@ class PromptAttackConfig:
             "(0 = only at the end)."
         },
     )
+    candidates: int = field(
+        default=16, metadata={"help": "mode='gcg': single-slot token swaps scored per prompt and step."}
+    )
+    topk: int = field(
+        default=64, metadata={"help": "mode='gcg': most promising tokens per slot (by gradient) to draw swaps from."}
+    )
     micro_batch: int = field(
         default=0,
         metadata={
@@ -131,7 +143,7 @@ class PromptAttackConfig:
 
     def __post_init__(self) -> None:
         choices = {
-            "mode": ("continuous", "discrete"),
+            "mode": ("continuous", "discrete", "gcg"),
             "position": ("prefix", "suffix", "replace"),
             "optimizer": ("adam", "sign"),
             "init": ("random", "warm", "token"),
@@ -150,20 +162,24 @@ class PromptAttackConfig:
         if self.eps is not None:
             if not (isinstance(self.eps, (int, float)) and self.eps > 0):
                 raise ValueError(f"PromptAttackConfig.eps must be a positive number or None (unbounded), got {self.eps!r}.")
-            if self.mode == "discrete":
+            if self.mode != "continuous":
                 raise ValueError(
-                    "PromptAttackConfig.eps bounds continuous embeddings; a discrete attack moves on the "
-                    "probability simplex and has no eps. Use eps=None with mode='discrete'."
+                    f"PromptAttackConfig.eps bounds continuous embeddings; a {self.mode} attack only uses real "
+                    f"tokens and has no eps. Use eps=None with mode='{self.mode}'."
                 )
         if not isinstance(self.project_every, int) or self.project_every < 0:
             raise ValueError(f"PromptAttackConfig.project_every must be an integer >= 0, got {self.project_every!r}.")
         if not isinstance(self.micro_batch, int) or self.micro_batch < 0:
             raise ValueError(f"PromptAttackConfig.micro_batch must be an integer >= 0, got {self.micro_batch!r}.")
-        if self.bound != "none" and self.mode == "discrete":
+        if self.bound != "none" and self.mode != "continuous":
             raise ValueError(
-                "PromptAttackConfig.bound limits continuous embeddings; a discrete attack only mixes real tokens. "
-                "Use bound='none' with mode='discrete'."
+                f"PromptAttackConfig.bound limits continuous embeddings; a {self.mode} attack only uses real tokens. "
+                f"Use bound='none' with mode='{self.mode}'."
             )
+        for name in ("candidates", "topk"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"PromptAttackConfig.{name} must be an integer >= 1, got {value!r}.")
 
     @classmethod
     def help(cls) -> dict[str, str]:
@@ -175,8 +191,9 @@ class PromptAttackConfig:
 class AttackState:
     """What a later attack round needs to warm-start: the adversarial variables.
 
-    ``variable`` is (B, k, D) embeddings in continuous mode, or (B, k, V') distributions over
-    the ``vocab_ids`` (V' round-trip-safe tokens) in discrete mode.
+    ``variable`` is (B, k, D) embeddings in continuous mode, (B, k, V') distributions over
+    the ``vocab_ids`` (V' round-trip-safe tokens) in discrete mode, or the (B, k) token ids
+    found in gcg mode.
     """
 
     mode: str
@@ -403,7 +420,9 @@ class PromptAttack:
         earlier round when ``config.init == 'warm'``. With ``config.micro_batch`` the gradient
         steps encode and back-propagate the prompts a chunk at a time and call
         ``loss_fn(encoded, rows=slice)``, ``rows`` saying which prompts the chunk holds; the loss
-        must then be per prompt.
+        must then be per prompt. In ``gcg`` mode ``loss_fn`` is always called with ``rows=`` a LongTensor
+        (one prompt index per encoded sequence, repeated for the candidates of a prompt) and must return one loss
+        per sequence.
         """
         cfg = self.config
         params = list(self.text_encoder.parameters())
@@ -414,6 +433,8 @@ class PromptAttack:
             with torch.enable_grad():
                 if cfg.mode == "continuous":
                     return self._run_continuous(prompts, loss_fn, state)
+                if cfg.mode == "gcg":
+                    return self._run_gcg(prompts, loss_fn, state)
                 return self._run_discrete(prompts, loss_fn, state)
         finally:
             for p, f in zip(params, flags, strict=True):
@@ -555,4 +576,49 @@ class PromptAttack:
             losses=losses,
             state=AttackState("discrete", var.detach().clone(), self.vocab_ids.clone(), rounds),
             sample_losses=best_loss.detach(),
+        )
+
+    def _run_gcg(self, prompts, loss_fn, state) -> AttackResult:
+        """``steps`` rounds of :class:`TokenSearch`; ``loss_fn(encoded, rows=LongTensor)`` scores sequences whose
+        prompt indices are ``rows`` (candidates of one prompt repeat its index)."""
+        from .token_search import TokenSearch, TokenSearchConfig
+
+        cfg = self.config
+        gen = torch.Generator().manual_seed(cfg.seed)
+        b = len(prompts)
+        vocab = self.vocab_ids
+        init = None
+        if cfg.init == "warm" and state is not None:
+            if state.mode != "gcg":
+                raise ValueError(f"Cannot warm-start a gcg attack from a {state.mode} AttackState; use init='random'.")
+            prev = state.variable.detach().cpu().long()
+            if prev.shape[1] == cfg.k and state.vocab_ids is not None and torch.equal(state.vocab_ids.cpu(), vocab.cpu()):
+                init = prev[torch.arange(b) % prev.shape[0]]  # a different batch of prompts: reuse rows cyclically
+        warm = init is not None
+        if init is None:  # random or token: random real tokens (a relaxed start has no meaning for real tokens)
+            init = vocab[torch.randint(len(vocab), (b, cfg.k), generator=gen)]
+        search = TokenSearch(
+            self.text_encoder, self.tokenizer, list(prompts),
+            TokenSearchConfig(k=cfg.k, candidates=cfg.candidates, topk=cfg.topk, position=cfg.position,
+                              seed=cfg.seed, eval_batch=cfg.micro_batch or 64),
+            vocab_ids=vocab, init_tokens=init,
+        )
+
+        def row_loss(out: EncodedText, rows: torch.Tensor) -> torch.Tensor:
+            return loss_fn(out, rows=rows).reshape(-1)
+
+        losses = [float(search.step(row_loss).float().mean()) for _ in range(cfg.steps)]
+        real = search.input_ids
+        with torch.no_grad():
+            emb = self.text_encoder.get_input_embeddings()(real)
+        rounds = (state.rounds + 1) if (warm and state is not None) else 1
+        return AttackResult(
+            token_embeds=emb.detach(),
+            input_ids=search.ids,
+            adv_mask=search.mask,
+            adv_token_ids=search.tokens.detach().clone(),
+            texts=search.texts,
+            losses=losses,
+            state=AttackState("gcg", search.tokens.detach().cpu().clone(), vocab.cpu().clone(), rounds),
+            sample_losses=None if search.losses is None else search.losses.detach(),
         )

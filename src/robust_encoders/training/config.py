@@ -76,6 +76,11 @@ class ConfigError(ValueError):
     """A recipe or override is invalid (unknown key, wrong type, value out of range)."""
 
 
+# Keys added after runs were already made with this config, and their defaults: while a run keeps the default, the
+# key stays out of its fingerprint, so run folders made before it existed still resume (TrainConfig.fingerprint).
+_ADDED_LATER = {"attack.candidates": 16, "attack.topk": 64}
+
+
 def _check(cond: bool, msg: str) -> None:
     if not cond:
         raise ConfigError(msg)
@@ -233,7 +238,9 @@ class AttackSettings(_Section):
     mode: str = field(
         default="continuous",
         metadata={
-            "help": "continuous (soft tokens, AdvUnlearn), discrete (real tokens), or derived (RECE-style: derive "
+            "help": "continuous (soft tokens, AdvUnlearn), discrete (relaxed one-hot, projected to real tokens), gcg "
+            "(greedy coordinate gradient search over real tokens, the evaluation's UnlearnDiffAtk search; uses "
+            "candidates, topk; ignores lr, optimizer), or derived (RECE-style: derive "
             "concept-token embeddings that make the current encoder reproduce the original encoder's output for the "
             "forget prompts; encoder passes only, no UNet; uses steps, lr, optimizer, init, eps; ignores k, position)."
         },
@@ -251,6 +258,12 @@ class AttackSettings(_Section):
         default="none",
         metadata={"help": "none | vocab: keep continuous soft tokens inside the hull of the real token embeddings "
                   "(their bounding box and largest norm) instead of letting them drift far off the vocabulary."},
+    )
+    candidates: int = field(
+        default=16, metadata={"help": "mode=gcg: single-slot token swaps scored per prompt and attack step."}
+    )
+    topk: int = field(
+        default=64, metadata={"help": "mode=gcg: most promising tokens per slot (by gradient) to draw the swaps from."}
     )
     chains: int = field(
         default=1,
@@ -280,6 +293,9 @@ class AttackSettings(_Section):
         _check(self.bound == "none" or self.mode != "derived",
                "attack.bound limits the soft tokens of attack.mode=continuous; the derived attack bounds its "
                "embeddings with attack.eps. Use attack.bound=none with attack.mode=derived.")
+        _check(not (self.resample_xt and self.mode == "gcg"),
+               "attack.resample_xt draws a new x_t per gradient step; attack.mode=gcg compares its candidates on one "
+               "x_t per step and does not support it. Use attack.resample_xt=false with attack.mode=gcg.")
         try:
             self.to_prompt_attack_config(0)
         except ValueError as exc:
@@ -292,6 +308,7 @@ class AttackSettings(_Section):
         return PromptAttackConfig(
             mode="continuous" if self.mode == "derived" else self.mode, steps=self.steps, lr=float(self.lr), k=self.k, position=self.position,
             optimizer=self.optimizer, init=self.init, eps=self.eps, bound=self.bound, seed=int(seed),
+            candidates=self.candidates, topk=self.topk,
         )
 
 
@@ -702,6 +719,10 @@ class TrainConfig:
         d = self.to_dict()
         if all(v is None for v in d["seeds"].values()):
             d.pop("seeds")  # the default: same fingerprint as a run made before per-stream seeds existed
+        for key, default in _ADDED_LATER.items():  # likewise for keys added later, while they keep their default
+            section, name = key.split(".")
+            if d.get(section, {}).get(name) == default:
+                d[section].pop(name)
         for key in ignore:
             parts = key.split(".")
             cur = d

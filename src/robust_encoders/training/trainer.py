@@ -744,7 +744,7 @@ class Trainer:
         def loss_fn(enc, rows: slice = slice(None)):
             # the iteration's (x_t, t), or a new timestep of the same trajectories at every step (drawn once per
             # step: with engine.micro_batch the step's later chunks reuse what its first chunk drew)
-            if xt_gen is not None and rows.start in (None, 0):
+            if xt_gen is not None and isinstance(rows, slice) and rows.start in (None, 0):
                 drawn[0] = self._on_device(self.forget_pool.resample(xb, xt_gen))
             lat, ts, target = (t[rows] for t in drawn[0])
             return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
@@ -756,7 +756,7 @@ class Trainer:
                 res = attack.run(prompts, loss_fn, state=self.attack_states[chain])
         finally:
             self.model.train(was_training)
-        if a.mode == "discrete" and self._vocab_ids is None:
+        if a.mode in ("discrete", "gcg") and self._vocab_ids is None:
             self._vocab_ids = attack.vocab_ids
         self.attack_states[chain] = res.state
         return res, fresh
