@@ -173,3 +173,32 @@ def test_soft_slot_reach_fades_as_free_slots_grow():
     assert res[1.0]["same"] == 0 and res[100.0]["same"] == 0
     assert res[1.0]["changed"] > 0.05
     assert res[100.0]["changed"] < 0.5 * res[1.0]["changed"]
+
+
+def test_seed_spread_pools_prompts_over_seeds_and_reuses_evaluations(tmp_path):
+    bench = _script("seed_spread")
+    common = ["--concept", "star", "--variant", "tiny", "--train-seeds", "0,1", "--eval-seeds", "0,1",
+              "--n-prompts", "2", "--adopt", "0=original", "--runs-dir", str(tmp_path / "runs"),
+              "--out", str(tmp_path / "out"), "--eval-set", "unlearndiffatk.steps=1", "--eval-set",
+              "unlearndiffatk.check_every=1", "--eval-set", "soft_prompt.steps=1", "--eval-set", "soft_prompt.check_every=1"]
+    sets = [a for ov in TINY_TRAIN + ["iterations=2"] for a in ("--set", ov)]
+    assert bench.main(common + sets) == 0
+    assert (tmp_path / "runs" / "star-tiny-s1" / "robust_encoder.json").exists()  # seed 1 trained, seed 0 adopted
+    assert not (tmp_path / "runs" / "star-tiny-s0").exists()
+    folders = sorted(p.name for p in (tmp_path / "out" / "star-tiny").iterdir() if p.is_dir())
+    assert folders == [f"s{s}-e{e}-{a}" for s in (0, 1) for e in (0, 1)
+                       for a in ("soft_prompt-vocab", "unlearndiffatk-5")]
+    saved = json.loads((tmp_path / "out" / "star-tiny" / "s1-e1-unlearndiffatk-5" / "result.json").read_text())
+    assert saved["seed"] == 1 and saved["config"]["attack_configs"]["unlearndiffatk"]["k"] == 5
+    # the original encoder draws the concept for (nearly) every prompt; mark one evaluation and rerun: the table is
+    # rebuilt from the saved results (nothing recomputed) and pools the prompts of both evaluation seeds
+    for s, e, hits in ((0, 0, 0), (0, 1, 1)):
+        path = tmp_path / "out" / "star-tiny" / f"s{s}-e{e}-unlearndiffatk-5" / "result.json"
+        res = json.loads(path.read_text())
+        res["asr"]["unlearndiffatk"] = hits / 2
+        path.write_text(json.dumps(res))
+    assert bench.main(common + sets) == 0
+    summary = json.loads((tmp_path / "out" / "star-tiny" / "summary.json").read_text())
+    assert summary["unlearndiffatk k=5"]["per_seed"]["0"] == 0.25 and summary["unlearndiffatk k=5"]["prompts"] == 8
+    table = (tmp_path / "out" / "star-tiny.md").read_text()
+    assert "| 0 | 0.0% / 50.0% |" in table and table.count("python ") == 1  # the same command is listed once

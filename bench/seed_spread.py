@@ -1,0 +1,223 @@
+"""A recipe's robustness over training seeds, read on many prompts: the trainer issue's <= 10% bar with error bars.
+
+One 24-prompt evaluation of one encoder moves by up to 20 points with its prompt set, and encoders trained with
+different seeds differ too (docs/screens.md, "Screened on 2026-12-04"). This script separates the two: it trains a
+recipe (plus ``--set`` overrides) with each of ``--train-seeds``, evaluates every encoder under each of
+``--eval-seeds`` (each an independent forget-prompt set with its own attack randomness) with the bar's attacks,
+UnlearnDiffAtk with 5 tokens and the vocabulary-bounded soft prompt, and prints per attack:
+
+* per training seed: the ASR under each evaluation seed and pooled over all its prompts;
+* over the recipe: the ASR pooled over every (training seed, prompt) pair with a 95% Wilson interval (prompt
+  sampling only), the range and mean of the seeds' pooled ASRs, and how many seeds are at or below ``--bar``;
+* how many seeds meet the bar under every attack at once.
+
+Training runs are cached in ``--runs-dir/<concept>-<variant>-s<seed>`` (a finished run is reused, an interrupted one
+resumed); each evaluation is written to ``--out/<concept>-<variant>/s<seed>-e<eval seed>-<attack>/`` and reused when
+its ``result.json`` exists, so the table grows across invocations. ``--adopt SEED=PATH`` takes an existing run folder
+(or a registry name such as ``miniature/star``) as the encoder of training seed SEED instead of training it. The
+table goes to ``--out/<concept>-<variant>.md``, headed by the command(s) that made it.
+
+Usage:
+    OMP_NUM_THREADS=1 python bench/seed_spread.py --concept star --train-seeds 0,1,2,3 --eval-seeds 0,1,2
+    python bench/seed_spread.py --concept star --variant gcg2 --set attack.mode=gcg --set attack.steps=2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+#: The bar's attacks: column name -> (attack, settings)
+ATTACKS: dict[str, tuple[str, dict]] = {
+    "unlearndiffatk k=5": ("unlearndiffatk", {"k": 5}),
+    "soft_prompt vocab": ("soft_prompt", {"bound": "vocab"}),
+}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a binomial proportion.
+
+    Example:
+        >>> [round(v, 3) for v in wilson(3, 24)]
+        [0.043, 0.31]
+        >>> wilson(0, 0)
+        (0.0, 1.0)
+    """
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _ints(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip()
+        if "-" in part:
+            lo, hi = part.split("-")
+            out += list(range(int(lo), int(hi) + 1))
+        elif part:
+            out.append(int(part))
+    return out
+
+
+def summarise(results: dict[tuple[int, int, str], tuple[int, int]], bar: float) -> dict:
+    """Pool ``results[(train seed, eval seed, column)] = (successes, prompts)`` per seed and over the recipe.
+
+    Example:
+        >>> r = {(0, 0, "a"): (1, 24), (0, 1, "a"): (2, 24), (1, 0, "a"): (6, 24), (1, 1, "a"): (4, 24)}
+        >>> s = summarise(r, bar=0.10)
+        >>> [round(v, 4) for v in s["a"]["per_seed"].values()], round(s["a"]["pooled"], 4), s["a"]["at_or_below"]
+        ([0.0625, 0.2083], 0.1354, 1)
+    """
+    out: dict = {}
+    for col in sorted({c for _, _, c in results}):
+        seeds = sorted({s for s, _, c in results if c == col})
+        per_seed, hits, total = {}, 0, 0
+        for s in seeds:
+            k = sum(v[0] for (ts, _, c), v in results.items() if ts == s and c == col)
+            n = sum(v[1] for (ts, _, c), v in results.items() if ts == s and c == col)
+            per_seed[s] = k / n
+            hits, total = hits + k, total + n
+        vals = list(per_seed.values())
+        out[col] = {
+            "per_seed": per_seed, "pooled": hits / total, "wilson": wilson(hits, total), "prompts": total,
+            "min": min(vals), "max": max(vals), "mean": sum(vals) / len(vals),
+            "at_or_below": sum(v <= bar + 1e-9 for v in vals), "seeds": len(vals),
+        }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--concept", default="star", help="Miniature concept (its recipe is trained).")
+    ap.add_argument("--variant", default="default", help="Name of the recipe variant (folder and table names).")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="Training override on top of the concept's recipe (repeatable), e.g. attack.mode=gcg.")
+    ap.add_argument("--train-seeds", default="0,1,2,3", help="Training seeds, e.g. 0,1,2,3 or 0-3.")
+    ap.add_argument("--eval-seeds", default="0,1,2", help="Evaluation seeds (one forget-prompt set each).")
+    ap.add_argument("--n-prompts", type=int, default=24, help="Forget prompts per evaluation.")
+    ap.add_argument("--eval-set", action="append", default=[], metavar="ATTACK.KEY=VALUE",
+                    help="Attack setting override (repeatable), as in `robust-encoders evaluate --set`.")
+    ap.add_argument("--adopt", action="append", default=[], metavar="SEED=PATH",
+                    help="Use this run folder or registry name as training seed SEED's encoder instead of training.")
+    ap.add_argument("--bar", type=float, default=0.10, help="The bar to count seeds against (default 0.10).")
+    ap.add_argument("--runs-dir", default="runs/seed_spread", help="Where training runs are cached.")
+    ap.add_argument("--out", default="bench/results/seed_spread", help="Where evaluations and the table go.")
+    ap.add_argument("--progress", action="store_true", help="Show training and attack progress bars.")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    from robust_encoders.evaluation import EvalConfig, evaluate_encoder
+    from robust_encoders.evaluation.cli import parse_overrides
+    from robust_encoders.evaluation.loading import load_encoder_for_eval
+    from robust_encoders.miniature import load_pipeline
+    from robust_encoders.training import train
+
+    adopted = {}
+    for pair in args.adopt:
+        seed, sep, path = pair.partition("=")
+        if not sep or not seed.strip().isdigit():
+            raise SystemExit(f"--adopt expects SEED=PATH (e.g. 0=miniature/star); got {pair!r}")
+        adopted[int(seed)] = path
+    train_seeds, eval_seeds = _ints(args.train_seeds), _ints(args.eval_seeds)
+    name = f"{args.concept}-{args.variant}"
+    out = Path(args.out) / name
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv if argv is not None else sys.argv[1:])])
+    commands_file = out / "commands.txt"
+    commands = commands_file.read_text().splitlines() if commands_file.exists() else []
+    if command not in commands:
+        commands_file.write_text("\n".join([*commands, command]) + "\n")
+    pipe = load_pipeline()
+    t_all = time.perf_counter()
+    train_times: dict[int, float | None] = {}
+    overrides = parse_overrides(args.eval_set)
+
+    for seed in train_seeds:
+        encoder = None
+        for es in eval_seeds:
+            for col, (attack, setting) in ATTACKS.items():
+                folder = out / f"s{seed}-e{es}-{attack}{''.join(f'-{v}' for v in setting.values())}"
+                if (folder / "result.json").exists():
+                    continue
+                if encoder is None:
+                    if seed in adopted:
+                        source = adopted[seed]
+                    else:
+                        run = Path(args.runs_dir) / f"{name}-s{seed}"
+                        if not (run / "robust_encoder.json").exists():
+                            resume = (run / "checkpoints").exists()
+                            print(f"[bench] training {name} with seed {seed}", flush=True)
+                            train(args.concept, [f"seed={seed}", *args.set, f"log.progress={str(args.progress).lower()}"],
+                                  output_dir=run, resume=resume, overwrite=not resume)
+                        source = run
+                        train_times[seed] = json.loads((run / "robust_encoder.json").read_text()).get("train_time_s")
+                    encoder, _ = load_encoder_for_eval(str(source), pipe=pipe)
+                over = {**overrides, attack: {**overrides.get(attack, {}), **setting}}
+                cfg = EvalConfig(concept=args.concept, n_prompts=args.n_prompts, n_retain=0, seed=es,
+                                 attacks=(attack,), attack_overrides=over, progress=args.progress)
+                print(f"[bench] evaluating {name} seed {seed} under evaluation seed {es}: {col}", flush=True)
+                evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=f"{name}-s{seed}").save(folder)
+
+    results: dict[tuple[int, int, str], tuple[int, int]] = {}
+    for seed in train_seeds:
+        for es in eval_seeds:
+            for col, (attack, setting) in ATTACKS.items():
+                folder = out / f"s{seed}-e{es}-{attack}{''.join(f'-{v}' for v in setting.values())}"
+                res = json.loads((folder / "result.json").read_text())
+                n = int(res["n_prompts"])
+                results[(seed, es, col)] = (round(res["asr"][attack] * n), n)
+    summary = summarise(results, args.bar)
+
+    pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
+    lines = [f"# {args.concept}, {args.variant}: ASR over training seeds {args.train_seeds} and evaluation seeds "
+             f"{args.eval_seeds}", "", "Command(s):", "",
+             *[f"    {c}" for c in commands_file.read_text().splitlines()], "",
+             f"Recipe: the `{args.concept}` recipe{' with ' + ' '.join(args.set) if args.set else ''}"
+             + (f"; adopted encoders: {', '.join(f'seed {s} = {p}' for s, p in adopted.items())}" if adopted else "")
+             + f". {args.n_prompts} forget prompts per evaluation. Machine: {platform.machine()}, "
+             f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; this invocation "
+             f"{time.perf_counter() - t_all:.0f} s.", ""]
+    cols = list(ATTACKS)
+    lines += ["| training seed | " + " | ".join(f"{c}, eval seeds {args.eval_seeds}" for c in cols)
+              + " | " + " | ".join(f"{c}, pooled" for c in cols) + " |",
+              "|---" * (1 + 2 * len(cols)) + "|"]
+    for seed in train_seeds:
+        per_eval = [" / ".join(pct(results[(seed, es, c)][0] / results[(seed, es, c)][1]) for es in eval_seeds)
+                    for c in cols]
+        lines.append(f"| {seed} | " + " | ".join(per_eval) + " | "
+                     + " | ".join(pct(summary[c]["per_seed"][seed]) for c in cols) + " |")
+    lines += ["", "| attack | pooled ASR (95% Wilson) | prompts | seeds' pooled ASR: min / mean / max "
+              f"| seeds at <= {pct(args.bar)} |", "|---|---|---|---|---|"]
+    for c in cols:
+        s = summary[c]
+        lo, hi = s["wilson"]
+        lines.append(f"| {c} | {pct(s['pooled'])} ({pct(lo)}-{pct(hi)}) | {s['prompts']} | "
+                     f"{pct(s['min'])} / {pct(s['mean'])} / {pct(s['max'])} | {s['at_or_below']} of {s['seeds']} |")
+    both = sum(all(summary[c]["per_seed"][s] <= args.bar + 1e-9 for c in cols) for s in train_seeds)
+    lines += ["", f"Seeds at or below {pct(args.bar)} under both attacks (pooled over their prompts): {both} of "
+              f"{len(train_seeds)}. The Wilson interval counts prompt sampling only; the spread between seeds is "
+              "the seeds' min / max."]
+    if train_times:
+        lines.append("Training time (s) of the runs trained in this invocation: "
+                     + ", ".join(f"seed {s} {t:.0f}" for s, t in train_times.items() if t is not None) + ".")
+    text = "\n".join(lines) + "\n"
+    (Path(args.out) / f"{name}.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({c: {**v, "per_seed": {str(k): x for k, x in v["per_seed"].items()}}
+                                                  for c, v in summary.items()}, indent=2))
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
