@@ -105,6 +105,43 @@ def test_attack_chains_resume_bit_identical(tmp_path, monkeypatch):
         train("star", [*ov[:-1], "attack.chains=3", "iterations=6"], output_dir=tmp_path / "split", resume=True)
 
 
+def test_mixed_chain_modes_alternate_threat_models_and_resume_bit_identical(tmp_path, monkeypatch):
+    """attack.chain_modes=[continuous,gcg]: rounds alternate between soft tokens and real tokens, each chain keeps its
+    own kind of warm-start state through a checkpoint, and the resumed run ends with the same weights."""
+    ov = TINY + ["iterations=5", "checkpoint.every=3", "attack.every=1", "attack.init=warm", "attack.chains=2",
+                 "attack.chain_modes=[continuous,gcg]", "attack.chain_steps=[2,1]", "attack.candidates=4",
+                 "attack.topk=16"]
+    states, original = [], Trainer.train_step
+
+    def recording(self, step):
+        out = original(self, step)
+        states.append([None if s is None else (s.mode, s.variable.dtype) for s in self.attack_states])
+        return out
+
+    monkeypatch.setattr(Trainer, "train_step", recording)
+    full = train("star", ov, output_dir=tmp_path / "full")
+    monkeypatch.setattr(Trainer, "train_step", original)
+    assert states[-1] == [("continuous", torch.float32), ("gcg", torch.int64)]
+    log = [json.loads(ln) for ln in (full / "log.jsonl").read_text().splitlines()[:5]]
+    assert ["adv_prompt" in r for r in log[1:5]] == [False, True, False, True]  # real-token rounds have a text
+    _crash_after(monkeypatch, 3, ov, tmp_path / "split")
+    split = train("star", ov, output_dir=tmp_path / "split", resume=True)
+    a, b = _weights(full), _weights(split)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    from robust_encoders.training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="one mode per chain"):
+        resolve_config("star", TINY + ["attack.chain_modes=[continuous,gcg]"])
+    with pytest.raises(ConfigError, match="not a chain mode"):
+        resolve_config("star", TINY + ["attack.chains=2", "attack.chain_modes=[continuous,derived]"])
+    with pytest.raises(ConfigError, match="one per chain"):
+        resolve_config("star", TINY + ["attack.chains=2", "attack.chain_steps=[8]"])
+    # bound reaches the continuous chain only; the gcg chain takes its own step count
+    cfg = resolve_config("star", TINY + ["attack.bound=vocab", *ov[-6:]]).attack
+    assert [(c.mode, c.bound, c.steps) for c in (cfg.to_prompt_attack_config(0, i) for i in (0, 1))] == [
+        ("continuous", "vocab", 2), ("gcg", "none", 1)]
+
+
 def test_attack_restart_rounds_start_afresh(tmp_path, monkeypatch):
     """attack.restart_every=3: every third round starts from random tokens (its state's round count is 1 again)."""
     rounds, original = [], Trainer.train_step

@@ -78,7 +78,7 @@ class ConfigError(ValueError):
 
 # Keys added after runs were already made with this config, and their defaults: while a run keeps the default, the
 # key stays out of its fingerprint, so run folders made before it existed still resume (TrainConfig.fingerprint).
-_ADDED_LATER = {"attack.candidates": 16, "attack.topk": 64}
+_ADDED_LATER = {"attack.candidates": 16, "attack.topk": 64, "attack.chain_modes": None, "attack.chain_steps": None}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -272,6 +272,17 @@ class AttackSettings(_Section):
             "each chain continues its own last round, so the encoder meets several adversaries instead of one."
         },
     )
+    chain_modes: list[str] | None = field(
+        default=None,
+        metadata={"help": "One attack mode per chain (as many as attack.chains), e.g. [continuous, gcg] with chains=2: "
+                  "rounds alternate between the soft-token and the real-token adversary, each chain continuing its "
+                  "own last round; bound and eps apply to the continuous chains only. null = attack.mode for all."},
+    )
+    chain_steps: list[int] | None = field(
+        default=None,
+        metadata={"help": "Attack steps per chain (as many as attack.chains), e.g. [8, 2] beside chain_modes "
+                  "[continuous, gcg] (a GCG step scores candidates x prompts sequences); null = attack.steps for all."},
+    )
     restart_every: int = field(
         default=0,
         metadata={"help": "Every N-th attack round starts its chain afresh from random real tokens and runs "
@@ -293,21 +304,49 @@ class AttackSettings(_Section):
         _check(self.bound == "none" or self.mode != "derived",
                "attack.bound limits the soft tokens of attack.mode=continuous; the derived attack bounds its "
                "embeddings with attack.eps. Use attack.bound=none with attack.mode=derived.")
-        _check(not (self.resample_xt and self.mode == "gcg"),
+        if self.chain_modes is not None:
+            _check(len(self.chain_modes) == self.chains,
+                   f"attack.chain_modes names {len(self.chain_modes)} mode(s) for attack.chains={self.chains}; give one "
+                   f"mode per chain, e.g. attack.chains=2 attack.chain_modes=[continuous,gcg].")
+            for m in self.chain_modes:
+                _check(m in ("continuous", "discrete", "gcg"),
+                       f"attack.chain_modes: {m!r} is not a chain mode; choose from continuous, discrete, gcg.")
+        if self.chain_modes is not None:
+            _check(self.mode != "derived", "attack.chain_modes sets every chain's mode; attack.mode=derived has no "
+                   "chains. Leave attack.mode at continuous with attack.chain_modes.")
+        if self.chain_steps is not None:
+            _check(len(self.chain_steps) == self.chains,
+                   f"attack.chain_steps gives {len(self.chain_steps)} step count(s) for attack.chains={self.chains}; "
+                   "give one per chain, e.g. attack.chain_steps=[8,2].")
+            _check(all(isinstance(n, int) and n >= 0 for n in self.chain_steps),
+                   "attack.chain_steps must be integers >= 0.")
+        _check(not (self.resample_xt and "gcg" in self.modes),
                "attack.resample_xt draws a new x_t per gradient step; attack.mode=gcg compares its candidates on one "
                "x_t per step and does not support it. Use attack.resample_xt=false with attack.mode=gcg.")
         try:
-            self.to_prompt_attack_config(0)
+            for chain in range(self.chains):
+                self.to_prompt_attack_config(0, chain)
         except ValueError as exc:
             raise ConfigError(str(exc).replace("PromptAttackConfig.", "attack.")) from None
 
-    def to_prompt_attack_config(self, seed: int):
-        """The matching ``PromptAttackConfig`` (``seed`` varies per round; mode=derived validates as continuous)."""
+    @property
+    def modes(self) -> list[str]:
+        """The attack mode of each chain."""
+        return list(self.chain_modes) if self.chain_modes is not None else [self.mode] * self.chains
+
+    def to_prompt_attack_config(self, seed: int, chain: int = 0):
+        """The matching ``PromptAttackConfig`` of ``chain`` (``seed`` varies per round; mode=derived validates as
+        continuous; with ``chain_modes``, eps and bound reach the continuous chains only)."""
         from ..attacks import PromptAttackConfig
 
+        mode = self.modes[chain]
+        soft = mode in ("continuous", "derived")
         return PromptAttackConfig(
-            mode="continuous" if self.mode == "derived" else self.mode, steps=self.steps, lr=float(self.lr), k=self.k, position=self.position,
-            optimizer=self.optimizer, init=self.init, eps=self.eps, bound=self.bound, seed=int(seed),
+            mode="continuous" if mode == "derived" else mode,
+            steps=self.chain_steps[chain] if self.chain_steps is not None else self.steps, lr=float(self.lr), k=self.k,
+            position=self.position, optimizer=self.optimizer, init=self.init,
+            eps=self.eps if soft or self.chain_modes is None else None,
+            bound=self.bound if soft or self.chain_modes is None else "none", seed=int(seed),
             candidates=self.candidates, topk=self.topk,
         )
 

@@ -723,11 +723,12 @@ class Trainer:
         chain = rnd % a.chains
         new_round = offset == 0
         fresh = new_round or self.attack_states[chain] is None
-        if a.mode == "derived":  # RECE-style: derived concept-token embeddings, no UNet pass (training/options.py)
+        mode = a.modes[chain]
+        if mode == "derived":  # RECE-style: derived concept-token embeddings, no UNet pass (training/options.py)
             res = self.options.derived_attack(step, prompts, fresh, self.attack_states[chain])
             self.attack_states[chain] = res.state
             return res, fresh
-        acfg = a.to_prompt_attack_config(derive_seed(self.cfg.stream_seed("attack"), "attack", self.rank, step))
+        acfg = a.to_prompt_attack_config(derive_seed(self.cfg.stream_seed("attack"), "attack", self.rank, step), chain)
         # chunked like the update; the final prompt's attack loss comes from the update's own pass (train_step)
         acfg = dataclasses.replace(acfg, micro_batch=self.cfg.engine.micro_batch, score_final=False)
         if not fresh:
@@ -756,7 +757,7 @@ class Trainer:
                 res = attack.run(prompts, loss_fn, state=self.attack_states[chain])
         finally:
             self.model.train(was_training)
-        if a.mode in ("discrete", "gcg") and self._vocab_ids is None:
+        if mode in ("discrete", "gcg") and self._vocab_ids is None:
             self._vocab_ids = attack.vocab_ids
         self.attack_states[chain] = res.state
         return res, fresh
