@@ -141,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     pipe = load_pipeline()
     t_all = time.perf_counter()
     train_times: dict[int, float | None] = {}
+    ran = 0
     overrides = parse_overrides(args.eval_set)
 
     for seed in train_seeds:
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                                  attacks=(attack,), attack_overrides=over, progress=args.progress)
                 print(f"[bench] evaluating {name} seed {seed} under evaluation seed {es}: {col}", flush=True)
                 evaluate_encoder(encoder, pipe=pipe, config=cfg, encoder_name=f"{name}-s{seed}").save(folder)
+                ran += 1
 
     results: dict[tuple[int, int, str], tuple[int, int]] = {}
     for seed in train_seeds:
@@ -186,8 +188,8 @@ def main(argv: list[str] | None = None) -> int:
              f"Recipe: the `{args.concept}` recipe{' with ' + ' '.join(args.set) if args.set else ''}"
              + (f"; adopted encoders: {', '.join(f'seed {s} = {p}' for s, p in adopted.items())}" if adopted else "")
              + f". {args.n_prompts} forget prompts per evaluation. Machine: {platform.machine()}, "
-             f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; this invocation "
-             f"{time.perf_counter() - t_all:.0f} s.", ""]
+             f"{torch.get_num_threads()} torch thread(s), torch {torch.__version__}; this invocation ran {ran} "
+             f"evaluation(s) in {time.perf_counter() - t_all:.0f} s (the others were saved earlier).", ""]
     cols = list(ATTACKS)
     lines += ["| training seed | " + " | ".join(f"{c}, eval seeds {args.eval_seeds}" for c in cols)
               + " | " + " | ".join(f"{c}, pooled" for c in cols) + " |",
