@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import platform
 import shlex
 import sys
@@ -38,23 +37,6 @@ ATTACKS: dict[str, tuple[str, dict]] = {
     "unlearndiffatk k=5": ("unlearndiffatk", {"k": 5}),
     "soft_prompt vocab": ("soft_prompt", {"bound": "vocab"}),
 }
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a binomial proportion.
-
-    Example:
-        >>> [round(v, 3) for v in wilson(3, 24)]
-        [0.043, 0.31]
-        >>> wilson(0, 0)
-        (0.0, 1.0)
-    """
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _ints(text: str) -> list[int]:
@@ -78,6 +60,8 @@ def summarise(results: dict[tuple[int, int, str], tuple[int, int]], bar: float) 
         >>> [round(v, 4) for v in s["a"]["per_seed"].values()], round(s["a"]["pooled"], 4), s["a"]["at_or_below"]
         ([0.0625, 0.2083], 0.1354, 1)
     """
+    from robust_encoders.evaluation.metrics import wilson_interval
+
     out: dict = {}
     for col in sorted({c for _, _, c in results}):
         seeds = sorted({s for s, _, c in results if c == col})
@@ -89,11 +73,16 @@ def summarise(results: dict[tuple[int, int, str], tuple[int, int]], bar: float) 
             hits, total = hits + k, total + n
         vals = list(per_seed.values())
         out[col] = {
-            "per_seed": per_seed, "pooled": hits / total, "wilson": wilson(hits, total), "prompts": total,
+            "per_seed": per_seed, "pooled": hits / total, "wilson": wilson_interval(hits, total), "prompts": total,
             "min": min(vals), "max": max(vals), "mean": sum(vals) / len(vals),
             "at_or_below": sum(v <= bar + 1e-9 for v in vals), "seeds": len(vals),
         }
     return out
+
+
+def _evaluation_dir(out: Path, seed: int, eval_seed: int, attack: str, setting: dict) -> Path:
+    """Where one (training seed, evaluation seed, attack) evaluation is saved, e.g. ``s1-e0-unlearndiffatk-5``."""
+    return out / f"s{seed}-e{eval_seed}-{attack}{''.join(f'-{v}' for v in setting.values())}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         encoder = None
         for es in eval_seeds:
             for col, (attack, setting) in ATTACKS.items():
-                folder = out / f"s{seed}-e{es}-{attack}{''.join(f'-{v}' for v in setting.values())}"
+                folder = _evaluation_dir(out, seed, es, attack, setting)
                 if (folder / "result.json").exists():
                     continue
                 if encoder is None:
@@ -175,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in train_seeds:
         for es in eval_seeds:
             for col, (attack, setting) in ATTACKS.items():
-                folder = out / f"s{seed}-e{es}-{attack}{''.join(f'-{v}' for v in setting.values())}"
+                folder = _evaluation_dir(out, seed, es, attack, setting)
                 res = json.loads((folder / "result.json").read_text())
                 n = int(res["n_prompts"])
                 results[(seed, es, col)] = (round(res["asr"][attack] * n), n)

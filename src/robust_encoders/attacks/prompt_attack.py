@@ -384,7 +384,8 @@ class PromptAttack:
         weight = self._embedding_matrix().detach().float()
         dev = weight.device
         if cfg.init == "warm" and state is not None:
-            var = state.variable.detach().to(dev).float()
+            var = state.variable.detach().to(dev)
+            var = var.long() if cfg.mode == "gcg" else var.float()  # gcg keeps token ids
             compatible = var.shape[1] == cfg.k and (
                 cfg.mode == "continuous" or (state.vocab_ids is not None and torch.equal(state.vocab_ids.cpu(), self.vocab_ids))
             )
@@ -401,6 +402,8 @@ class PromptAttack:
             noise = torch.randn(batch, cfg.k, weight.shape[1], generator=gen).to(dev)
             return mean + std * noise, False
         n = len(self.vocab_ids)
+        if cfg.mode == "gcg":  # random real tokens whatever the init (a relaxed start has no meaning for real tokens)
+            return self.vocab_ids.to(dev)[torch.randint(n, (batch, cfg.k), generator=gen).to(dev)], False
         if cfg.init == "token":
             pick = torch.randint(n, (batch, cfg.k), generator=gen).to(dev)
             return torch.nn.functional.one_hot(pick, n).float(), False
@@ -584,19 +587,8 @@ class PromptAttack:
         from .token_search import TokenSearch, TokenSearchConfig
 
         cfg = self.config
-        gen = torch.Generator().manual_seed(cfg.seed)
-        b = len(prompts)
         vocab = self.vocab_ids
-        init = None
-        if cfg.init == "warm" and state is not None:
-            if state.mode != "gcg":
-                raise ValueError(f"Cannot warm-start a gcg attack from a {state.mode} AttackState; use init='random'.")
-            prev = state.variable.detach().cpu().long()
-            if prev.shape[1] == cfg.k and state.vocab_ids is not None and torch.equal(state.vocab_ids.cpu(), vocab.cpu()):
-                init = prev[torch.arange(b) % prev.shape[0]]  # a different batch of prompts: reuse rows cyclically
-        warm = init is not None
-        if init is None:  # random or token: random real tokens (a relaxed start has no meaning for real tokens)
-            init = vocab[torch.randint(len(vocab), (b, cfg.k), generator=gen)]
+        init, warm = self._init_variable(len(prompts), state, torch.Generator().manual_seed(cfg.seed))
         search = TokenSearch(
             self.text_encoder, self.tokenizer, list(prompts),
             TokenSearchConfig(k=cfg.k, candidates=cfg.candidates, topk=cfg.topk, position=cfg.position,

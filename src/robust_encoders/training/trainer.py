@@ -745,7 +745,7 @@ class Trainer:
         def loss_fn(enc, rows: slice = slice(None)):
             # the iteration's (x_t, t), or a new timestep of the same trajectories at every step (drawn once per
             # step: with engine.micro_batch the step's later chunks reuse what its first chunk drew)
-            if xt_gen is not None and isinstance(rows, slice) and rows.start in (None, 0):
+            if xt_gen is not None and rows.start in (None, 0):
                 drawn[0] = self._on_device(self.forget_pool.resample(xb, xt_gen))
             lat, ts, target = (t[rows] for t in drawn[0])
             return _mse_per_sample(predict_eps(self.unet, lat, ts, self._cond_of(enc)), target)
