@@ -311,7 +311,6 @@ class AttackSettings(_Section):
             for m in self.chain_modes:
                 _check(m in ("continuous", "discrete", "gcg"),
                        f"attack.chain_modes: {m!r} is not a chain mode; choose from continuous, discrete, gcg.")
-        if self.chain_modes is not None:
             _check(self.mode != "derived", "attack.chain_modes sets every chain's mode; attack.mode=derived has no "
                    "chains. Leave attack.mode at continuous with attack.chain_modes.")
         if self.chain_steps is not None:
