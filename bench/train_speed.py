@@ -84,6 +84,11 @@ VARIANTS = {
     "ours, trajectories every 10": ["sampling.refresh_every=10"],
     "ours, 16 attack steps": ["attack.steps=16"],
     "fast": FAST,
+    # the opt-in mixed threat model: rounds alternate between the soft-token chain (8 steps) and a real-token GCG chain
+    "ours, soft + GCG chains": ["attack.chains=2", "attack.chain_modes=[continuous,gcg]", "attack.chain_steps=[8,2]"],
+    # the same with half the GCG candidates: about the default's UNet passes per iteration
+    "ours, soft + GCG chains, 8 candidates": ["attack.chains=2", "attack.chain_modes=[continuous,gcg]",
+                                              "attack.chain_steps=[8,2]", "attack.candidates=8"],
 }
 
 
@@ -347,7 +352,12 @@ def main(argv=None) -> int:
         for key in [k for k in specs if k != "reference"]:
             cfg = load_recipe(mini, specs[key]["overrides"])
             t = measured_iteration(res[key])
-            desc = (f"{cfg.attack.steps} warm attack steps k={cfg.attack.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}, "
+            a = cfg.attack
+            steps = (f"{a.steps} warm attack steps" if not a.chain_modes else "warm attack steps in turn: " + " / ".join(
+                f"{n} {m}" for n, m in zip(a.chain_steps or [a.steps] * a.chains, a.modes, strict=True)))
+            if a.chain_modes and "gcg" in a.chain_modes:
+                steps += f" ({a.candidates} candidates)"
+            desc = (f"{steps}, k={a.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}, "
                     f"{cfg.sampling.refresh} new every {cfg.sampling.refresh_every} it), "
                     f"batch {cfg.unlearn.batch_size}+{cfg.retain.batch_size}, 1 UNet")
             desc += (f", update and attack in micro-batches of {cfg.engine.micro_batch}" if cfg.engine.micro_batch

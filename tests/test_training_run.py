@@ -136,6 +136,8 @@ def test_mixed_chain_modes_alternate_threat_models_and_resume_bit_identical(tmp_
         resolve_config("star", TINY + ["attack.chains=2", "attack.chain_modes=[continuous,derived]"])
     with pytest.raises(ConfigError, match="one per chain"):
         resolve_config("star", TINY + ["attack.chains=2", "attack.chain_steps=[8]"])
+    with pytest.raises(ConfigError, match="attack.mode=gcg would have no effect"):  # not silently ignored
+        resolve_config("star", TINY + ["attack.mode=gcg", "attack.chains=2", "attack.chain_modes=[continuous,gcg]"])
     # bound reaches the continuous chain only; the gcg chain takes its own step count
     cfg = resolve_config("star", TINY + ["attack.bound=vocab", *ov[-6:]]).attack
     assert [(c.mode, c.bound, c.steps) for c in (cfg.to_prompt_attack_config(0, i) for i in (0, 1))] == [

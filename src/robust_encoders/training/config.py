@@ -311,8 +311,9 @@ class AttackSettings(_Section):
             for m in self.chain_modes:
                 _check(m in ("continuous", "discrete", "gcg"),
                        f"attack.chain_modes: {m!r} is not a chain mode; choose from continuous, discrete, gcg.")
-            _check(self.mode != "derived", "attack.chain_modes sets every chain's mode; attack.mode=derived has no "
-                   "chains. Leave attack.mode at continuous with attack.chain_modes.")
+            _check(self.mode == "continuous", f"attack.chain_modes sets every chain's mode, so attack.mode={self.mode} "
+                   "would have no effect. Leave attack.mode at continuous with attack.chain_modes (or drop "
+                   "attack.chain_modes to use one mode for every chain).")
         if self.chain_steps is not None:
             _check(len(self.chain_steps) == self.chains,
                    f"attack.chain_steps gives {len(self.chain_steps)} step count(s) for attack.chains={self.chains}; "
