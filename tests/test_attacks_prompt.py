@@ -274,3 +274,26 @@ def test_token_search_never_gets_worse_and_stays_real(enc, tok):
     assert torch.allclose(real, history[-1], atol=1e-5)
     search.keep([1])
     assert search.batch == 1 and search.texts[0].endswith(PROMPTS[1])
+
+
+def test_token_gradient_is_the_one_hot_gradient(enc, tok):
+    """GCG's token scores equal autograd through an explicit one-hot choice over the search vocabulary."""
+    from robust_encoders.attacks import TokenSearch, TokenSearchConfig
+    from robust_encoders.core.text import encode_from_token_embeds
+
+    goal = torch.randn(2, 32, generator=torch.Generator().manual_seed(3))
+
+    def loss(out, rows):
+        return ((out.pooled - goal[rows]) ** 2).mean(-1)
+
+    search = TokenSearch(enc, tok, PROMPTS, TokenSearchConfig(k=3, seed=4))
+    flags = [p.requires_grad for p in enc.parameters()]
+    fast = search.token_gradient(loss)
+    assert [p.requires_grad for p in enc.parameters()] == flags  # the encoder's own flags come back
+    weight = enc.get_input_embeddings().weight.detach()
+    onehot = torch.nn.functional.one_hot(search.cur, len(search.vocab)).float().requires_grad_(True)
+    emb = weight[search.ids].clone()
+    emb[search.mask] = (onehot @ weight[search.vocab]).reshape(-1, weight.shape[1])
+    loss(encode_from_token_embeds(enc, emb, search.ids), torch.arange(2)).sum().backward()
+    assert fast.shape == onehot.grad.shape == (2, 3, len(search.vocab))
+    assert torch.allclose(fast, onehot.grad, atol=1e-6, rtol=1e-5)

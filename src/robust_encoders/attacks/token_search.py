@@ -130,34 +130,43 @@ class TokenSearch:
         if self.losses is not None:
             self.losses = self.losses[idx]
 
-    def _encode(self, tok_idx: torch.Tensor, rows: torch.Tensor, onehot: torch.Tensor | None = None) -> EncodedText:
+    def _encode(self, tok_idx: torch.Tensor, rows: torch.Tensor, adv: torch.Tensor | None = None) -> EncodedText:
+        """Encode the prompts ``rows`` with the adversarial tokens ``tok_idx`` (or their embeddings ``adv``)."""
         weight = self._weight
         emb = weight[self.ids[rows]]
-        if onehot is not None:
-            adv = onehot.to(weight.dtype) @ weight[self.vocab]
-        else:
+        if adv is None:
             adv = weight[self.vocab[tok_idx]]
         emb = emb.clone()
         emb[self.mask[rows]] = adv.reshape(-1, weight.shape[1])
         return encode_from_token_embeds(self.encoder, emb, self.ids[rows])
 
-    def step(self, loss: RowLoss) -> torch.Tensor:
-        """One GCG round; returns the (B,) losses of the tokens kept."""
-        cfg = self.config
-        b, k, v = self.batch, cfg.k, len(self.vocab)
-        rows = torch.arange(b, device=self.ids.device)
+    def token_gradient(self, loss: RowLoss) -> torch.Tensor:
+        """(B, k, V) gradient of the summed loss with respect to a one-hot choice of each slot's token.
+
+        It is <dL/de, w_v> for every searchable token v: the loss is back-propagated into the (B, k, d) slot
+        embeddings only and the vocabulary scored with one matmul, instead of a one-hot (B, k, V) leaf, its
+        gradient and a copy of the embedding table in the autograd graph (same numbers, less memory).
+        """
+        rows = torch.arange(self.batch, device=self.ids.device)
         params = list(self.encoder.parameters())
         flags = [p.requires_grad for p in params]
         try:
             for p in params:
                 p.requires_grad_(False)
             with torch.enable_grad():
-                onehot = torch.nn.functional.one_hot(self.cur, v).float().requires_grad_(True)
-                loss(self._encode(self.cur, rows, onehot), rows).sum().backward()
-            grad = onehot.grad
+                adv = self._weight[self.vocab[self.cur]].detach().requires_grad_(True)
+                loss(self._encode(self.cur, rows, adv), rows).sum().backward()
+            return (adv.grad @ self._weight.detach().T)[..., self.vocab]
         finally:
             for p, f in zip(params, flags, strict=True):
                 p.requires_grad_(f)
+
+    def step(self, loss: RowLoss) -> torch.Tensor:
+        """One GCG round; returns the (B,) losses of the tokens kept."""
+        cfg = self.config
+        b, k, v = self.batch, cfg.k, len(self.vocab)
+        rows = torch.arange(b, device=self.ids.device)
+        grad = self.token_gradient(loss)
         top = (-grad).topk(min(cfg.topk, v), dim=-1).indices  # (B, k, topk)
         c = cfg.candidates
         slot = torch.randint(k, (c, b), generator=self.gen).to(top.device)
