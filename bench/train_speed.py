@@ -78,17 +78,16 @@ ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied t
 #: the "fast" row of bench/evaluate_concepts.py (the default recipe with a 4-step inner attack), one definition
 FAST = _load_rows()["fast"]
 COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
+#: the opt-in mixed threat model: rounds alternate between the soft-token chain (8 steps) and a real-token GCG chain
+SOFT_GCG = ["attack.chains=2", "attack.chain_modes=[continuous,gcg]", "attack.chain_steps=[8,2]"]
 #: miniature rows beside the defaults: what the engine's micro-batching and the inner attack's budget cost
 VARIANTS = {
     "ours, one batched pass": ["engine.micro_batch=0"],
     "ours, trajectories every 10": ["sampling.refresh_every=10"],
     "ours, 16 attack steps": ["attack.steps=16"],
     "fast": FAST,
-    # the opt-in mixed threat model: rounds alternate between the soft-token chain (8 steps) and a real-token GCG chain
-    "ours, soft + GCG chains": ["attack.chains=2", "attack.chain_modes=[continuous,gcg]", "attack.chain_steps=[8,2]"],
-    # the same with half the GCG candidates: about the default's UNet passes per iteration
-    "ours, soft + GCG chains, 8 candidates": ["attack.chains=2", "attack.chain_modes=[continuous,gcg]",
-                                              "attack.chain_steps=[8,2]", "attack.candidates=8"],
+    "ours, soft + GCG chains": SOFT_GCG,
+    "ours, soft + GCG chains, 8 candidates": [*SOFT_GCG, "attack.candidates=8"],
 }
 
 
@@ -354,7 +353,7 @@ def main(argv=None) -> int:
             t = measured_iteration(res[key])
             a = cfg.attack
             steps = (f"{a.steps} warm attack steps" if not a.chain_modes else "warm attack steps in turn: " + " / ".join(
-                f"{n} {m}" for n, m in zip(a.chain_steps or [a.steps] * a.chains, a.modes, strict=True)))
+                f"{n} {m}" for n, m in zip(a.steps_per_chain, a.modes, strict=True)))
             if a.chain_modes and "gcg" in a.chain_modes:
                 steps += f" ({a.candidates} candidates)"
             desc = (f"{steps}, k={a.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}, "

@@ -334,6 +334,11 @@ class AttackSettings(_Section):
         """The attack mode of each chain."""
         return list(self.chain_modes) if self.chain_modes is not None else [self.mode] * self.chains
 
+    @property
+    def steps_per_chain(self) -> list[int]:
+        """The attack steps of each chain."""
+        return list(self.chain_steps) if self.chain_steps is not None else [self.steps] * self.chains
+
     def to_prompt_attack_config(self, seed: int, chain: int = 0):
         """The matching ``PromptAttackConfig`` of ``chain`` (``seed`` varies per round; mode=derived validates as
         continuous; with ``chain_modes``, eps and bound reach the continuous chains only)."""
@@ -343,7 +348,7 @@ class AttackSettings(_Section):
         soft = mode in ("continuous", "derived")
         return PromptAttackConfig(
             mode="continuous" if mode == "derived" else mode,
-            steps=self.chain_steps[chain] if self.chain_steps is not None else self.steps, lr=float(self.lr), k=self.k,
+            steps=self.steps_per_chain[chain], lr=float(self.lr), k=self.k,
             position=self.position, optimizer=self.optimizer, init=self.init,
             eps=self.eps if soft or self.chain_modes is None else None,
             bound=self.bound if soft or self.chain_modes is None else "none", seed=int(seed),
