@@ -123,6 +123,26 @@ def test_gcg_mode_searches_real_tokens_and_warm_starts(enc, tok):
         PromptAttack(enc, tok, warm).run(PROMPTS, loss, state=AttackState("continuous", torch.zeros(2, 2, 32)))
 
 
+def test_gcg_eval_batch_only_chunks_the_candidate_scoring(enc, tok):
+    target = torch.randn(32, generator=torch.Generator().manual_seed(4))
+    sizes: dict[int, list[int]] = {}
+
+    def loss_for(eval_batch):
+        def loss(out, rows=slice(None)):
+            sizes.setdefault(eval_batch, []).append(out.pooled.shape[0])
+            return ((out.pooled - target[None]) ** 2).mean(-1)
+
+        return loss
+
+    cfg = PromptAttackConfig(mode="gcg", steps=3, k=2, candidates=8, topk=32, seed=2, micro_batch=1)
+    res = {n: PromptAttack(enc, tok, dataclasses.replace(cfg, eval_batch=n)).run(PROMPTS, loss_for(n)) for n in (4, 64)}
+    # 2 prompts x (8 candidates + the current tokens) = 18 sequences per step: calls of at most 4, or one of 18
+    # (the gradient pass takes the 2 prompts at once; micro_batch=1 does not chunk the scoring)
+    assert sizes[4].count(4) == 3 * 4 and max(sizes[4]) == 4 and sizes[64].count(18) == 3
+    assert torch.equal(res[4].adv_token_ids, res[64].adv_token_ids)
+    torch.testing.assert_close(res[4].sample_losses, res[64].sample_losses, atol=1e-6, rtol=1e-5)
+
+
 def test_score_final_off_skips_one_pass_and_changes_nothing_else(enc, tok):
     calls = []
     target = torch.randn(32, generator=torch.Generator().manual_seed(2))
@@ -224,6 +244,8 @@ def test_config_errors_teach():
         PromptAttackConfig(mode="gcg", eps=0.1)
     with pytest.raises(ValueError, match="candidates must be an integer >= 1"):
         PromptAttackConfig(mode="gcg", candidates=0)
+    with pytest.raises(ValueError, match="eval_batch must be an integer >= 1"):
+        PromptAttackConfig(mode="gcg", eval_batch=0)
     with pytest.raises(ValueError, match="choose one of"):
         PromptAttackConfig(bound="box")
     with pytest.raises(ValueError, match="micro_batch must be"):

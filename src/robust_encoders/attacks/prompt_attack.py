@@ -125,6 +125,13 @@ class PromptAttackConfig:
     topk: int = field(
         default=64, metadata={"help": "mode='gcg': most promising tokens per slot (by gradient) to draw swaps from."}
     )
+    eval_batch: int = field(
+        default=64,
+        metadata={
+            "help": "mode='gcg': candidate prompts scored per loss_fn call (no gradients, so independent of "
+            "micro_batch; lower it only if one forward pass of this many sequences does not fit)."
+        },
+    )
     micro_batch: int = field(
         default=0,
         metadata={
@@ -176,7 +183,7 @@ class PromptAttackConfig:
                 f"PromptAttackConfig.bound limits continuous embeddings; a {self.mode} attack only uses real tokens. "
                 f"Use bound='none' with mode='{self.mode}'."
             )
-        for name in ("candidates", "topk"):
+        for name in ("candidates", "topk", "eval_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"PromptAttackConfig.{name} must be an integer >= 1, got {value!r}.")
@@ -592,7 +599,7 @@ class PromptAttack:
         search = TokenSearch(
             self.text_encoder, self.tokenizer, list(prompts),
             TokenSearchConfig(k=cfg.k, candidates=cfg.candidates, topk=cfg.topk, position=cfg.position,
-                              seed=cfg.seed, eval_batch=cfg.micro_batch or 64),
+                              seed=cfg.seed, eval_batch=cfg.eval_batch),
             vocab_ids=vocab, init_tokens=init,
         )
 
