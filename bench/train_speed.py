@@ -79,15 +79,16 @@ ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied t
 FAST = _load_rows()["fast"]
 COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
 #: the opt-in mixed threat model: rounds alternate between the soft-token chain (8 steps) and a real-token GCG chain
-SOFT_GCG = ["attack.chains=2", "attack.chain_modes=[continuous,gcg]", "attack.chain_steps=[8,2]"]
+SOFT_GCG = ["attack.chains=2", "attack.chain_modes=[continuous,gcg]"]
 #: miniature rows beside the defaults: what the engine's micro-batching and the inner attack's budget cost
 VARIANTS = {
     "ours, one batched pass": ["engine.micro_batch=0"],
     "ours, trajectories every 10": ["sampling.refresh_every=10"],
     "ours, 16 attack steps": ["attack.steps=16"],
     "fast": FAST,
-    "ours, soft + GCG chains": SOFT_GCG,
-    "ours, soft + GCG chains, 8 candidates": [*SOFT_GCG, "attack.candidates=8"],
+    "ours, soft + GCG chains": [*SOFT_GCG, "attack.chain_steps=[8,2]"],
+    "ours, soft + GCG chains, 8 candidates": [*SOFT_GCG, "attack.chain_steps=[8,2]", "attack.candidates=8"],
+    "ours, soft + 1-step GCG chains": [*SOFT_GCG, "attack.chain_steps=[8,1]"],
 }
 
 

@@ -266,7 +266,7 @@ def test_gcg_inner_attack_trains_on_real_tokens_and_warm_starts(tmp_path):
     base = resolve_config("star", TINY)
     assert resolve_config("star", TINY + ["attack.candidates=16"]).fingerprint() == base.fingerprint()
     assert resolve_config("star", TINY + ["attack.candidates=8"]).fingerprint() != base.fingerprint()
-    assert resolve_config("star", TINY + ["attack.eval_batch=64"]).fingerprint() == base.fingerprint()
+    assert resolve_config("star", TINY + ["attack.eval_batch=32"]).fingerprint() == base.fingerprint()
     assert resolve_config("star", TINY + ["attack.eval_batch=4"]).fingerprint() != base.fingerprint()
     with pytest.raises(ConfigError, match="eval_batch must be an integer >= 1"):
         resolve_config("star", TINY + ["attack.mode=gcg", "attack.eval_batch=0"])
