@@ -485,7 +485,13 @@ class Trainer:
 
             self.ema = EMAModel(self.params, decay=o.ema_decay, update_after_step=o.ema_start, foreach=True)
         self.attack_states: list = [None] * cfg.attack.chains  # one warm-start state per adversarial chain
+        # the real tokens a discrete or GCG chain may use: a one-time vocabulary round trip (seconds for CLIP's
+        # 49,408 tokens) paid at setup, not inside the first attack round
         self._vocab_ids = None
+        if any(m in ("discrete", "gcg") for m in cfg.attack.modes) and cfg.attack.enabled:
+            from ..attacks.tokens import safe_token_ids
+
+            self._vocab_ids = safe_token_ids(self.tokenizer)
         self.step = 0
         self.elapsed_before = 0.0
         from .options import TrainerOptions
