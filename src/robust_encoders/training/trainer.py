@@ -763,8 +763,6 @@ class Trainer:
                 res = attack.run(prompts, loss_fn, state=self.attack_states[chain])
         finally:
             self.model.train(was_training)
-        if mode in ("discrete", "gcg") and self._vocab_ids is None:
-            self._vocab_ids = attack.vocab_ids
         self.attack_states[chain] = res.state
         return res, fresh
 
