@@ -4,9 +4,12 @@ Rows (per concept):
     original    the miniature pipeline's own text encoder (no erasure)
     esd         ESD-style text-encoder erasure, no adversarial training   (train ... attack.enabled=false), 300 it
     advunlearn  AdvUnlearn's reference recipe: continuous k=1 prefix attack, 30 steps, lr 1e-3, warm start, 300 it
-    ours        the project's default miniature recipe (600 iterations, 8 warm-started k=3 attack steps)
-    fast        ours with 4 attack steps per iteration instead of 8 (opt-in, --rows)
-    lora        the default recipe with LoRA adapters      (train ... trainable.part=lora optim.lr=1e-3)
+    ours        the project's default miniature recipe (600 iterations; k=3 attack rounds alternating between a
+                soft-token chain, 8 warm-started steps, and a real-token GCG chain, 2 steps)
+    fast        one soft chain of 4 attack steps per iteration (opt-in, --rows; the one-chain default with 4 steps
+                instead of 8)
+    lora        one soft chain (the default before 2026-12-05) with LoRA adapters
+                (train ... attack.mode=continuous trainable.part=lora optim.lr=1e-3)
     ours+<opt>  opt-in (--rows): one trainer option on top of "ours" (anchor, neighbors, surgery, eot, derived),
                 and ours+combo (anchor + neighbors + surgery + eot); see README "Trainer options"
 
@@ -49,11 +52,13 @@ ROWS: dict[str, list[str]] = {
                    "unlearn.include_clean=false", "sampling.pool=0", "sampling.retain_pool=0",
                    "retain.batch_size=5", "retain.include_empty=false"],
     "ours": [],
-    # the default recipe with a 4-step inner attack instead of 8: AdvUnlearn's "fast AT" trade (opt-in, --rows)
-    "fast": ["attack.steps=4"],
+    # one soft chain (naming attack.mode drops the recipe's GCG chain) of 4 steps instead of 8: AdvUnlearn's "fast AT"
+    # trade (opt-in, --rows)
+    "fast": ["attack.mode=continuous", "attack.steps=4"],
     # LoRA adapters learn slowly at full fine-tuning's 1e-4 (star: UnlearnDiffAtk 79%, k=5 92%); 1e-3 (as the colour
-    # and style recipes already use) took star to 0% / 4.2%
-    "lora": ["trainable.part=lora", "optim.lr=1e-3"],
+    # and style recipes already use) took star to 0% / 4.2%. Measured on the one-soft-chain default of the time, so
+    # pinned to it (the soft + GCG chains became the default on 2026-12-05)
+    "lora": ["attack.mode=continuous", "trainable.part=lora", "optim.lr=1e-3"],
     # trainer options from the literature (training/options.py; README "Trainer options"), each alone on top of
     # "ours", then one combination. Not built by default: ask for them with --rows.
     "ours+anchor": ["anchor.kind=adversarial"],

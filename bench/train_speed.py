@@ -14,11 +14,13 @@ Rows per model:
   ``recipes/advunlearn_sd14.yaml`` on the SD-1.5-sized model: same hyper-parameters as the
   reference, plus trajectory reuse, one UNet, cached frozen-encoder outputs, micro-batched passes), holding what
   ``robust-encoders train`` holds (no VAE: training never decodes).
-* ``VARIANTS`` (miniature): ``ours`` with one batched UNet pass per update instead of micro-batches of 4
+* ``VARIANTS`` (miniature): ``ours`` with one soft-token chain instead of the soft + GCG chains (the default before
+  2026-12-05: ``attack.mode=continuous``), with one batched UNet pass per update instead of micro-batches of 4
   (``engine.micro_batch=0``: faster on a CPU at this size, more activation memory), with the previous defaults'
-  trajectory refresh every 10 iterations and 16 inner attack steps, and ``fast`` (4 steps; ``bench/evaluate_concepts.py --rows fast`` measures its
-  robustness). Micro-batching gives the same gradient (tested in tests/test_training_run.py and
-  tests/test_attacks_prompt.py), so the same robustness.
+  trajectory refresh every 10 iterations and 16 soft steps, with 8 GCG candidates or one GCG step per round, and
+  ``fast`` (one soft chain of 4 steps; ``bench/evaluate_concepts.py --rows fast`` measures its robustness).
+  Micro-batching gives the same gradient (tested in tests/test_training_run.py and tests/test_attacks_prompt.py),
+  so the same robustness.
 
 Models: the embedded miniature pipeline, and an SD-1.5-sized pipeline with random weights
 built from config (CLIP text encoder 768 x 12 layers, vocabulary 49,408; UNet 320/640/1280/1280;
@@ -70,25 +72,25 @@ REFERENCE_ENGINE = [
     "sampling.pool=0", "sampling.retain_pool=0", "engine.share_unet=false", "engine.cache_original=false",
     "engine.fused_unet_batch=false", "engine.share_frozen_weights=false",
 ]
-ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied to any base model
-    "attack.steps=30", "attack.lr=1e-3", "attack.k=1", "attack.position=prefix", "attack.init=warm", "attack.every=1",
+ADVUNLEARN = [  # AdvUnlearn's hyper-parameters (advunlearn_sd14.yaml) applied to any base model: one soft chain
+    "attack.mode=continuous", "attack.steps=30", "attack.lr=1e-3", "attack.k=1", "attack.position=prefix", "attack.init=warm", "attack.every=1",
     "unlearn.ddim_steps=50", "unlearn.batch_size=1", "unlearn.include_clean=false", "retain.batch_size=5",
     "retain.space=unet", "retain.include_empty=false",
 ]
 #: the "fast" row of bench/evaluate_concepts.py (the default recipe with a 4-step inner attack), one definition
 FAST = _load_rows()["fast"]
 COMMON = ["attack.warmup=0", "checkpoint.every=100000", "log.progress=false"]
-#: the opt-in mixed threat model: rounds alternate between the soft-token chain (8 steps) and a real-token GCG chain
-SOFT_GCG = ["attack.chains=2", "attack.chain_modes=[continuous,gcg]"]
-#: miniature rows beside the defaults: what the engine's micro-batching and the inner attack's budget cost
+#: miniature rows beside the defaults: what the engine's micro-batching and the inner attack's budget cost. The
+#: default alternates a soft-token chain (8 steps) and a real-token GCG chain (2 steps); naming attack.mode alone
+#: gives one chain of it (the default before 2026-12-05 is "ours, one soft chain")
 VARIANTS = {
+    "ours, one soft chain": ["attack.mode=continuous"],
     "ours, one batched pass": ["engine.micro_batch=0"],
     "ours, trajectories every 10": ["sampling.refresh_every=10"],
-    "ours, 16 attack steps": ["attack.steps=16"],
+    "ours, 16 soft steps": ["attack.steps=16"],
+    "ours, 8 GCG candidates": ["attack.candidates=8"],
+    "ours, 1-step GCG chain": ["attack.chain_steps=[null,1]"],
     "fast": FAST,
-    "ours, soft + GCG chains": [*SOFT_GCG, "attack.chain_steps=[8,2]"],
-    "ours, soft + GCG chains, 8 candidates": [*SOFT_GCG, "attack.chain_steps=[8,2]", "attack.candidates=8"],
-    "ours, soft + 1-step GCG chains": [*SOFT_GCG, "attack.chain_steps=[8,1]"],
 }
 
 

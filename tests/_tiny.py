@@ -33,12 +33,13 @@ SDXL_HIDDEN_1 = 32
 SDXL_HIDDEN_2 = 48
 SDXL_PROJECTION = 40
 SDXL_TIME_EMBED = 8
-#: Trainer overrides that make a miniature training run take a few seconds: tiny DDIM, tiny pools, a two-step attack
-#: after a one-step warm-up (callers add ``iterations=...`` and what they test; later overrides win).
+#: Trainer overrides that make a miniature training run take a few seconds: tiny DDIM, tiny pools, one two-step soft
+#: chain (``attack.mode`` named: the recipe's soft + GCG chains are dropped) after a one-step warm-up (callers add
+#: ``iterations=...`` and what they test; later overrides win).
 TINY_TRAIN = [
     "unlearn.ddim_steps=4", "unlearn.batch_size=2", "sampling.pool=2", "sampling.retain_pool=2", "sampling.refresh=1",
-    "sampling.refresh_every=2", "attack.warmup=1", "attack.steps=2", "retain.batch_size=2", "retain.num_prompts=20",
-    "log.progress=false", "optim.lr=1e-3",
+    "sampling.refresh_every=2", "attack.warmup=1", "attack.mode=continuous", "attack.steps=2", "retain.batch_size=2",
+    "retain.num_prompts=20", "log.progress=false", "optim.lr=1e-3",
 ]
 
 

@@ -74,6 +74,24 @@ def test_tensor_peak_counts_live_tensors_not_everything_ever_allocated():
     assert 12_000_000 / 2**20 <= peak < 12_100_000 / 2**20  # not 14 MB (everything allocated), not 8 (no sum)
 
 
+def test_bench_rows_train_what_they_were_measured_with():
+    """The rows measured before the soft + GCG chains became the default stay on one soft chain (naming attack.mode
+    drops the recipe's GCG chain); `ours` and its train_speed variants follow the recipe."""
+    from robust_encoders.training import resolve_config
+
+    rows = _script("evaluate_concepts").ROWS
+    speed = _script("train_speed")
+    attack = {name: resolve_config("star", ov).attack for name, ov in
+              {**rows, "speed reference": speed.ADVUNLEARN, **speed.VARIANTS}.items()}
+    for name in ("advunlearn", "fast", "lora", "ours+derived", "speed reference", "ours, one soft chain"):
+        assert len(attack[name].modes) == 1, name
+    assert (attack["advunlearn"].steps_per_chain, attack["speed reference"].steps_per_chain) == ([30], [30])
+    assert (attack["fast"].modes, attack["fast"].steps_per_chain) == (["continuous"], [4])
+    assert attack["ours"].modes == attack["ours+anchor"].modes == ["continuous", "gcg"]
+    assert attack["ours, 16 soft steps"].steps_per_chain == [16, 2]
+    assert attack["ours, 1-step GCG chain"].steps_per_chain == [8, 1]
+
+
 def test_reference_holds_advunlearn_s_extra_copies():
     """train_speed's reference row holds what AdvUnlearn's script loads beyond our trainer's two UNets and two encoders:
     three VAEs (the pipeline's and two independent copies; an SD-sized one where the pipeline has none) and a third

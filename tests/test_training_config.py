@@ -113,8 +113,10 @@ def test_concepts_resolve_to_recipes():
 
 def test_miniature_default_fits_the_cpu_budget():
     cfg = load_recipe(recipes_dir() / "miniature_star.yaml")
-    # 600 iterations x 16 attack steps took 412 s on 2 idle CPU cores (budget 900 s); the cost grows with both
-    assert cfg.is_miniature and cfg.iterations * cfg.attack.steps <= 600 * 16 and cfg.unlearn.ddim_steps <= 20
+    # 600 iterations x 16 attack steps took 412 s on 2 idle CPU cores (budget 900 s); the cost grows with both. The
+    # soft + GCG chains (8 soft steps, then 2 GCG steps of 16 candidates) cost 0.84 s/it at one thread
+    assert cfg.is_miniature and cfg.iterations * max(cfg.attack.steps_per_chain) <= 600 * 16
+    assert cfg.unlearn.ddim_steps <= 20 and cfg.attack.candidates <= 16
     assert cfg.sampling.pool > 0 and cfg.engine.share_unet  # the fast engine paths the budget was measured with
 
 
@@ -157,3 +159,34 @@ def test_resolved_config_round_trips_through_yaml(tmp_path: Path):
     (tmp_path / "config.yaml").write_text(cfg.to_yaml("# header"))
     again = load_recipe(tmp_path / "config.yaml")
     assert again.to_dict() == {**cfg.to_dict(), "recipe": cfg.recipe}
+
+
+def test_miniature_default_alternates_soft_and_gcg_chains_and_naming_a_mode_gives_one_chain(tmp_path: Path):
+    cfg = load_recipe(recipes_dir() / "miniature_star.yaml")
+    assert (cfg.attack.modes, cfg.attack.steps_per_chain) == (["continuous", "gcg"], [8, 2])
+    # attack.steps moves the soft chain (its chain_steps entry is null); the GCG chain keeps its 2 steps
+    assert load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.steps=5"]).attack.steps_per_chain == [5, 2]
+    # one key back to the single soft chain, the same run as spelling all three keys out
+    one = load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.mode=continuous"])
+    spelled = load_recipe(recipes_dir() / "miniature_star.yaml",
+                          ["attack.chains=1", "attack.chain_modes=null", "attack.chain_steps=null"])
+    assert (one.attack.modes, one.attack.steps_per_chain) == (["continuous"], [8])
+    assert one.fingerprint() == spelled.fingerprint() != cfg.fingerprint()
+    # any named mode: RECE's derived embeddings, or GCG with a named number of chains
+    assert load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.mode=derived"]).attack.modes == ["derived"]
+    two = load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.mode=gcg", "attack.chains=2"]).attack
+    assert (two.modes, two.steps_per_chain) == (["gcg", "gcg"], [8, 8])
+    # the same on a built config, and from a recipe that extends the default
+    assert apply_overrides(cfg, ["attack.mode=discrete"]).attack.modes == ["discrete"]
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {recipes_dir() / 'miniature_star.yaml'}\nattack:\n  mode: gcg\n")
+    assert load_recipe(child).attack.modes == ["gcg"]
+    child.write_text(f"extends: {recipes_dir() / 'miniature_star.yaml'}\nattack:\n  k: 5\n")
+    assert load_recipe(child).attack.modes == ["continuous", "gcg"]
+    # a null per-chain step count is attack.steps: the same run as writing the number
+    same = load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.chain_steps=[8,2]"])
+    assert same.fingerprint() == cfg.fingerprint() and same.comparable_dict() == cfg.comparable_dict()
+    with pytest.raises(ConfigError, match="or null for attack.steps"):
+        load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.chain_steps=[null,-1]"])
+    with pytest.raises(ConfigError, match="attack.mode=continuous, for a single chain"):
+        load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.chains=1"])

@@ -131,7 +131,7 @@ def test_mixed_chain_modes_alternate_threat_models_and_resume_bit_identical(tmp_
     from robust_encoders.training.config import ConfigError
 
     with pytest.raises(ConfigError, match="one mode per chain"):
-        resolve_config("star", TINY + ["attack.chain_modes=[continuous,gcg]"])
+        resolve_config("star", TINY + ["attack.chains=3", "attack.chain_modes=[continuous,gcg]"])
     with pytest.raises(ConfigError, match="not a chain mode"):
         resolve_config("star", TINY + ["attack.chains=2", "attack.chain_modes=[continuous,derived]"])
     with pytest.raises(ConfigError, match="one per chain"):
@@ -188,7 +188,9 @@ def test_attack_resample_xt_sees_other_timesteps_and_resumes(tmp_path, monkeypat
     fixed = _weights(train("star", [*ov[:-2], "unlearn.ddim_steps=8"], output_dir=tmp_path / "fixed"))
     assert any(not torch.equal(a[k], fixed[k]) for k in a)
     with pytest.raises(ConfigError, match="sampling.pool > 0"):
-        resolve_config("star", ["attack.resample_xt=true", "sampling.pool=0"])
+        resolve_config("star", ["attack.mode=continuous", "attack.resample_xt=true", "sampling.pool=0"])
+    with pytest.raises(ConfigError, match="a gcg entry of attack.chain_modes"):  # the recipe's soft + GCG chains
+        resolve_config("star", ["attack.resample_xt=true"])
 
 
 def test_output_dir_guard(tmp_path):

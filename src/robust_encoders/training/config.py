@@ -243,7 +243,11 @@ class AttackSettings(_Section):
             "(greedy coordinate gradient search over real tokens, the evaluation's UnlearnDiffAtk search; uses "
             "candidates, topk; ignores lr, optimizer), or derived (RECE-style: derive "
             "concept-token embeddings that make the current encoder reproduce the original encoder's output for the "
-            "forget prompts; encoder passes only, no UNet; uses steps, lr, optimizer, init, eps; ignores k, position)."
+            "forget prompts; encoder passes only, no UNet; uses steps, lr, optimizer, init, eps; ignores k, position). "
+            "Naming attack.mode (an override, or a recipe extending another) without attack.chain_modes gives "
+            "every chain that mode: the per-chain modes it would otherwise inherit (the miniature recipes' soft + "
+            "GCG chains) are dropped with their chain_steps and chain count unless those are named too, so "
+            "attack.mode=continuous alone is one soft-token chain."
         },
     )
     steps: int = field(default=30, metadata={"help": "Attack optimisation steps."})
@@ -286,10 +290,11 @@ class AttackSettings(_Section):
                   "rounds alternate between the soft-token and the real-token adversary, each chain continuing its "
                   "own last round; bound and eps apply to the continuous chains only. null = attack.mode for all."},
     )
-    chain_steps: list[int] | None = field(
+    chain_steps: list[int | None] | None = field(
         default=None,
-        metadata={"help": "Attack steps per chain (as many as attack.chains), e.g. [8, 2] beside chain_modes "
-                  "[continuous, gcg] (a GCG step scores candidates x prompts sequences); null = attack.steps for all."},
+        metadata={"help": "Attack steps per chain (as many as attack.chains), e.g. [null, 2] beside chain_modes "
+                  "[continuous, gcg]: the soft chain runs attack.steps, the GCG chain 2 (a GCG step scores candidates "
+                  "x prompts sequences). A null entry = attack.steps; null = attack.steps for every chain."},
     )
     restart_every: int = field(
         default=0,
@@ -315,7 +320,8 @@ class AttackSettings(_Section):
         if self.chain_modes is not None:
             _check(len(self.chain_modes) == self.chains,
                    f"attack.chain_modes names {len(self.chain_modes)} mode(s) for attack.chains={self.chains}; give one "
-                   f"mode per chain, e.g. attack.chains=2 attack.chain_modes=[continuous,gcg].")
+                   f"mode per chain, e.g. attack.chains=2 attack.chain_modes=[continuous,gcg] (or name one mode, "
+                   f"e.g. attack.mode=continuous, for a single chain of it).")
             for m in self.chain_modes:
                 _check(m in ("continuous", "discrete", "gcg"),
                        f"attack.chain_modes: {m!r} is not a chain mode; choose from continuous, discrete, gcg.")
@@ -326,11 +332,12 @@ class AttackSettings(_Section):
             _check(len(self.chain_steps) == self.chains,
                    f"attack.chain_steps gives {len(self.chain_steps)} step count(s) for attack.chains={self.chains}; "
                    "give one per chain, e.g. attack.chain_steps=[8,2].")
-            _check(all(isinstance(n, int) and n >= 0 for n in self.chain_steps),
-                   "attack.chain_steps must be integers >= 0.")
+            _check(all(n is None or (isinstance(n, int) and n >= 0) for n in self.chain_steps),
+                   "attack.chain_steps must be integers >= 0 (or null for attack.steps).")
         _check(not (self.resample_xt and "gcg" in self.modes),
-               "attack.resample_xt draws a new x_t per gradient step; attack.mode=gcg compares its candidates on one "
-               "x_t per step and does not support it. Use attack.resample_xt=false with attack.mode=gcg.")
+               "attack.resample_xt draws a new x_t per gradient step; a gcg attack (attack.mode=gcg, or a gcg entry "
+               "of attack.chain_modes) compares its candidates on one x_t per step and does not support it. Use "
+               "attack.resample_xt=false with attack.mode=gcg, or name attack.mode=continuous (one soft chain).")
         try:
             for chain in range(self.chains):
                 self.to_prompt_attack_config(0, chain)
@@ -345,7 +352,9 @@ class AttackSettings(_Section):
     @property
     def steps_per_chain(self) -> list[int]:
         """The attack steps of each chain."""
-        return list(self.chain_steps) if self.chain_steps is not None else [self.steps] * self.chains
+        if self.chain_steps is None:
+            return [self.steps] * self.chains
+        return [self.steps if n is None else n for n in self.chain_steps]
 
     def to_prompt_attack_config(self, seed: int, chain: int = 0):
         """The matching ``PromptAttackConfig`` of ``chain`` (``seed`` varies per round; mode=derived validates as
@@ -768,7 +777,7 @@ class TrainConfig:
 
     def fingerprint(self, ignore: Iterable[str] = ()) -> str:
         """A hash of the config without the dotted keys in ``ignore`` (to detect a different run)."""
-        d = self.to_dict()
+        d = self.comparable_dict()
         if all(v is None for v in d["seeds"].values()):
             d.pop("seeds")  # the default: same fingerprint as a run made before per-stream seeds existed
         for key, default in _ADDED_LATER.items():  # likewise for keys added later, while they keep their default
@@ -782,6 +791,20 @@ class TrainConfig:
                 cur = cur.get(p, {})
             cur.pop(parts[-1], None)
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def comparable_dict(self) -> dict[str, Any]:
+        """``to_dict()`` with what two configs must agree on to make the same run spelled one way: per-chain attack
+        steps as numbers (``attack.chain_steps=[null, 2]`` with ``attack.steps=8`` is ``[8, 2]``).
+
+        Example:
+            >>> a = apply_overrides(TrainConfig(), ["attack.chains=2", "attack.steps=8", "attack.chain_steps=[null,2]"])
+            >>> a.comparable_dict()["attack"]["chain_steps"]
+            [8, 2]
+        """
+        d = self.to_dict()
+        if self.attack.chain_steps is not None:
+            d["attack"]["chain_steps"] = self.attack.steps_per_chain
+        return d
 
     def stream_seed(self, stream: str) -> int:
         """The seed of one random stream (``seeds.<stream>``, else the run's ``seed``).
@@ -958,13 +981,46 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
         cls = tp
 
 
-def apply_overrides(config: TrainConfig | Mapping[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> TrainConfig:
-    """Apply dotted ``KEY=VALUE`` overrides (strings or (key, value) pairs) and re-validate."""
-    d = config.to_dict() if isinstance(config, TrainConfig) else copy.deepcopy(dict(config))
+def _one_mode_if_named(d: dict[str, Any], named: Iterable[str]) -> None:
+    """``attack.mode`` named (by overrides, or by a recipe over the one it extends) without ``attack.chain_modes``:
+    every chain takes that mode, so drop the per-chain modes ``d`` holds from below, with their per-chain steps and
+    chain count unless those are named too (``attack.mode=continuous`` alone: one soft chain)."""
+    named = set(named)
+    attack = d.get("attack")
+    if "attack.mode" not in named or "attack.chain_modes" in named or not isinstance(attack, dict):
+        return
+    if attack.get("chain_modes") is None:
+        return
+    attack["chain_modes"] = None
+    if "attack.chain_steps" not in named:
+        attack["chain_steps"] = None
+    if "attack.chains" not in named:
+        attack["chains"] = 1
+
+
+def _apply(d: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
+    named = []
     for ov in overrides:
         key, value = parse_override(ov) if isinstance(ov, str) else ov
         _set_dotted(d, key, value)
-    return TrainConfig.from_dict(d)
+        named.append(key.strip())
+    _one_mode_if_named(d, named)
+    return d
+
+
+def apply_overrides(config: TrainConfig | Mapping[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> TrainConfig:
+    """Apply dotted ``KEY=VALUE`` overrides (strings or (key, value) pairs) and re-validate.
+
+    Naming ``attack.mode`` without ``attack.chain_modes`` gives every chain that mode (one chain unless
+    ``attack.chains`` is named too).
+
+    Example:
+        >>> mixed = apply_overrides(TrainConfig(), ["attack.chains=2", "attack.chain_modes=[continuous,gcg]"])
+        >>> mixed.attack.modes, apply_overrides(mixed, ["attack.mode=gcg"]).attack.modes
+        (['continuous', 'gcg'], ['gcg'])
+    """
+    d = config.to_dict() if isinstance(config, TrainConfig) else copy.deepcopy(dict(config))
+    return TrainConfig.from_dict(_apply(d, overrides))
 
 
 def _merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
@@ -1001,18 +1057,16 @@ def load_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         if not ppath.is_absolute():
             ppath = path.parent / ppath
         base = load_recipe_dict(ppath, _seen + (path.resolve(),))
+        named = [f"attack.{k}" for k in (data.get("attack") or {})] if isinstance(data.get("attack"), Mapping) else []
         data = _merge(base, data)
+        _one_mode_if_named(data, named)
     data.setdefault("recipe", path.stem)
     return data
 
 
 def load_recipe(path: str | Path, overrides: Iterable[str | tuple[str, Any]] = ()) -> TrainConfig:
     """Load a YAML recipe (following ``extends``), apply overrides, validate."""
-    data = load_recipe_dict(path)
-    for ov in overrides:
-        key, value = parse_override(ov) if isinstance(ov, str) else ov
-        _set_dotted(data, key, value)
-    return TrainConfig.from_dict(data)
+    return TrainConfig.from_dict(_apply(load_recipe_dict(path), overrides))
 
 
 def config_help(cls=TrainConfig, prefix: str = "") -> list[tuple[str, str, Any]]:

@@ -112,7 +112,7 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _diff(a: TrainConfig, b: TrainConfig) -> list[str]:
-    fa, fb = _flat(a.to_dict()), _flat(b.to_dict())
+    fa, fb = _flat(a.comparable_dict()), _flat(b.comparable_dict())
     return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
             if fa.get(k) != fb.get(k) and k not in RESUMABLE_KEYS]
 
