@@ -100,10 +100,13 @@ def _parse_row_overrides(pairs: list[str]) -> dict[str, list[str]]:
 
 
 def _train(concept: str, row: str, overrides: list[str], runs_dir: Path) -> tuple[Path, float | None]:
-    from robust_encoders.training import train
+    from robust_encoders.training import resolve_config, run_differences, train
 
     run = runs_dir / f"{concept}-{row}"
     info = run / "robust_encoder.json"
+    if (run / "config.yaml").exists() and (diff := run_differences(run, resolve_config(concept, overrides))):
+        raise SystemExit(f"{run} holds a run with other settings than row {row!r} now trains ({'; '.join(diff[:4])}): "
+                         "the recipe changed since it was trained. Move it away, or choose another --runs-dir.")
     if not info.exists():
         resume = (run / "checkpoints").exists()
         print(f"[bench] training {concept}/{row}: {' '.join(overrides) or '(recipe defaults)'}", flush=True)

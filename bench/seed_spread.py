@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     from robust_encoders.evaluation.cli import parse_overrides
     from robust_encoders.evaluation.loading import load_encoder_for_eval
     from robust_encoders.miniature import load_pipeline
-    from robust_encoders.training import train
+    from robust_encoders.training import resolve_config, run_differences, train
 
     adopted = {}
     for pair in args.adopt:
@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
                         source = adopted[seed]
                     else:
                         run = Path(args.runs_dir) / f"{name}-s{seed}"
+                        over = [f"seed={seed}", *args.set]
+                        if (run / "config.yaml").exists() and (
+                                diff := run_differences(run, resolve_config(args.concept, over))):
+                            raise SystemExit(f"{run} was trained with other settings than variant {args.variant!r} "
+                                             f"now gives ({'; '.join(diff[:4])}): the recipe changed since. Name "
+                                             "the old settings with --set, or choose another --variant.")
                         if not (run / "robust_encoder.json").exists():
                             resume = (run / "checkpoints").exists()
                             print(f"[bench] training {name} with seed {seed}", flush=True)

@@ -220,3 +220,8 @@ def test_seed_spread_pools_prompts_over_seeds_and_reuses_evaluations(tmp_path):
     assert summary["unlearndiffatk k=5"]["per_seed"]["0"] == 0.25 and summary["unlearndiffatk k=5"]["prompts"] == 8
     table = (tmp_path / "out" / "star-tiny.md").read_text()
     assert "| 0 | 0.0% / 50.0% |" in table and table.count("python ") == 1  # the same command is listed once
+    # a cached run trained with other settings than the variant now gives (say, after a recipe default changed) is
+    # not reused for new evaluations
+    more = [a if a != "0,1" or i != common.index("--eval-seeds") + 1 else "2" for i, a in enumerate(common)]
+    with pytest.raises(SystemExit, match="retain.weight: 2.0 -> 0.5"):
+        bench.main(more + sets + ["--set", "retain.weight=0.5"])

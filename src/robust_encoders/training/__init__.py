@@ -42,6 +42,7 @@ _LAZY = {
     "RunDirError": "trainer",
     "Trainer": "trainer",
     "resolve_config": "trainer",
+    "run_differences": "trainer",
     "train": "trainer",
 }
 
@@ -83,5 +84,6 @@ __all__ = [
     "recipes_dir",
     "resolve_concept",
     "resolve_config",
+    "run_differences",
     "train",
 ]

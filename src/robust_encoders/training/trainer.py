@@ -57,6 +57,7 @@ __all__ = [
     "Trainer",
     "train",
     "resolve_config",
+    "run_differences",
     "RESUMABLE_KEYS",
     "RUN_ARTIFACTS",
 ]
@@ -111,10 +112,32 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _diff(a: TrainConfig, b: TrainConfig) -> list[str]:
+def _diff(a: TrainConfig, b: TrainConfig, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
     fa, fb = _flat(a.comparable_dict()), _flat(b.comparable_dict())
+    ignore = set(ignore)
     return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
-            if fa.get(k) != fb.get(k) and k not in RESUMABLE_KEYS]
+            if fa.get(k) != fb.get(k) and k not in ignore]
+
+
+def run_differences(run_dir: str | os.PathLike, config: TrainConfig) -> list[str]:
+    """How the run stored in ``run_dir`` (its ``config.yaml``) differs from ``config``, as ``"key: stored -> given"``
+    lines; empty when ``config`` trains the same run to the same length (``RESUMABLE_KEYS`` but ``iterations`` may
+    differ). For scripts that reuse finished runs: a recipe whose defaults changed since is caught, not reused.
+
+    Example:
+        >>> import tempfile
+        >>> cfg = resolve_config("star")
+        >>> run = Path(tempfile.mkdtemp())
+        >>> _ = (run / "config.yaml").write_text(cfg.to_yaml())
+        >>> run_differences(run, resolve_config("star", ["log.progress=false"]))
+        []
+        >>> run_differences(run, resolve_config("star", ["attack.mode=continuous"]))[-1]
+        'attack.chains: 2 -> 1'
+    """
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise RunDirError(f"{run_dir} holds no training run (no config.yaml).")
+    return _diff(load_recipe(path), config, ignore=[k for k in RESUMABLE_KEYS if k != "iterations"])
 
 
 # ----------------------------------------------------------------------------------------------------------------
