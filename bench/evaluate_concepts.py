@@ -104,7 +104,7 @@ def _train(concept: str, row: str, overrides: list[str], runs_dir: Path) -> tupl
 
     run = runs_dir / f"{concept}-{row}"
     info = run / "robust_encoder.json"
-    if (run / "config.yaml").exists() and (diff := run_differences(run, resolve_config(concept, overrides))):
+    if (run / "robust_encoder.json").exists() and (diff := run_differences(run, resolve_config(concept, overrides))):
         raise SystemExit(f"{run} holds a run with other settings than row {row!r} now trains ({'; '.join(diff[:4])}): "
                          "the recipe changed since it was trained. Move it away, or choose another --runs-dir.")
     if not info.exists():

@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         run = Path(args.runs_dir) / f"{name}-s{seed}"
                         over = [f"seed={seed}", *args.set]
-                        if (run / "config.yaml").exists() and (
+                        if (run / "robust_encoder.json").exists() and (
                                 diff := run_differences(run, resolve_config(args.concept, over))):
                             raise SystemExit(f"{run} was trained with other settings than variant {args.variant!r} "
                                              f"now gives ({'; '.join(diff[:4])}): the recipe changed since. Name "
