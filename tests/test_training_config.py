@@ -178,6 +178,7 @@ def test_miniature_default_alternates_soft_and_gcg_chains_and_naming_a_mode_give
     assert (two.modes, two.steps_per_chain) == (["gcg", "gcg"], [8, 8])
     # the same on a built config, and from a recipe that extends the default
     assert apply_overrides(cfg, ["attack.mode=discrete"]).attack.modes == ["discrete"]
+    assert apply_overrides(cfg, ["attack={mode: discrete}"]).attack.modes == ["discrete"]  # a section's keys count
     child = tmp_path / "child.yaml"
     child.write_text(f"extends: {recipes_dir() / 'miniature_star.yaml'}\nattack:\n  mode: gcg\n")
     assert load_recipe(child).attack.modes == ["gcg"]

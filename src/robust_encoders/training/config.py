@@ -1003,7 +1003,8 @@ def _apply(d: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dic
     for ov in overrides:
         key, value = parse_override(ov) if isinstance(ov, str) else ov
         _set_dotted(d, key, value)
-        named.append(key.strip())
+        key = key.strip()
+        named += [f"{key}.{k}" for k in value] if isinstance(value, Mapping) else [key]  # attack={mode: gcg}
     _one_mode_if_named(d, named)
     return d
 
