@@ -104,10 +104,12 @@ def _train(concept: str, row: str, overrides: list[str], runs_dir: Path) -> tupl
 
     run = runs_dir / f"{concept}-{row}"
     info = run / "robust_encoder.json"
-    if (run / "robust_encoder.json").exists() and (diff := run_differences(run, resolve_config(concept, overrides))):
-        raise SystemExit(f"{run} holds a run with other settings than row {row!r} now trains ({'; '.join(diff[:4])}): "
-                         "the recipe changed since it was trained. Move it away, or choose another --runs-dir.")
-    if not info.exists():
+    if info.exists():  # a finished run is reused, unless the row's settings have changed since
+        if diff := run_differences(run, resolve_config(concept, overrides)):
+            raise SystemExit(f"{run} holds a run with other settings than row {row!r} now trains "
+                             f"({'; '.join(diff[:4])}): the recipe changed since it was trained. Move it away, or "
+                             "choose another --runs-dir.")
+    else:
         resume = (run / "checkpoints").exists()
         print(f"[bench] training {concept}/{row}: {' '.join(overrides) or '(recipe defaults)'}", flush=True)
         train(concept, overrides, output_dir=run, resume=resume, overwrite=not resume)

@@ -146,18 +146,20 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         run = Path(args.runs_dir) / f"{name}-s{seed}"
                         over = [f"seed={seed}", *args.set]
-                        if (run / "robust_encoder.json").exists() and (
-                                diff := run_differences(run, resolve_config(args.concept, over))):
-                            raise SystemExit(f"{run} was trained with other settings than variant {args.variant!r} "
-                                             f"now gives ({'; '.join(diff[:4])}): the recipe changed since. Name "
-                                             "the old settings with --set, or choose another --variant.")
-                        if not (run / "robust_encoder.json").exists():
+                        info = run / "robust_encoder.json"
+                        if info.exists():  # a finished run is reused, unless the variant's settings changed since
+                            if diff := run_differences(run, resolve_config(args.concept, over)):
+                                raise SystemExit(f"{run} was trained with other settings than variant "
+                                                 f"{args.variant!r} now gives ({'; '.join(diff[:4])}): the recipe "
+                                                 "changed since. Name the old settings with --set, or choose another "
+                                                 "--variant.")
+                        else:
                             resume = (run / "checkpoints").exists()
                             print(f"[bench] training {name} with seed {seed}", flush=True)
-                            train(args.concept, [f"seed={seed}", *args.set, f"log.progress={str(args.progress).lower()}"],
+                            train(args.concept, [*over, f"log.progress={str(args.progress).lower()}"],
                                   output_dir=run, resume=resume, overwrite=not resume)
                         source = run
-                        train_times[seed] = json.loads((run / "robust_encoder.json").read_text()).get("train_time_s")
+                        train_times[seed] = json.loads(info.read_text()).get("train_time_s")
                     encoder, _ = load_encoder_for_eval(str(source), pipe=pipe)
                 over = {**overrides, attack: {**overrides.get(attack, {}), **setting}}
                 cfg = EvalConfig(concept=args.concept, n_prompts=args.n_prompts, n_retain=0, seed=es,

@@ -987,9 +987,8 @@ def _one_mode_if_named(d: dict[str, Any], named: Iterable[str]) -> None:
     chain count unless those are named too (``attack.mode=continuous`` alone: one soft chain)."""
     named = set(named)
     attack = d.get("attack")
-    if "attack.mode" not in named or "attack.chain_modes" in named or not isinstance(attack, dict):
-        return
-    if attack.get("chain_modes") is None:
+    if ("attack.mode" not in named or "attack.chain_modes" in named or not isinstance(attack, dict)
+            or attack.get("chain_modes") is None):
         return
     attack["chain_modes"] = None
     if "attack.chain_steps" not in named:
@@ -998,13 +997,17 @@ def _one_mode_if_named(d: dict[str, Any], named: Iterable[str]) -> None:
         attack["chains"] = 1
 
 
+def _named(key: str, value: Any) -> list[str]:
+    """The dotted keys that setting ``key`` to ``value`` names (a section's keys for ``attack={mode: gcg}``)."""
+    return [f"{key}.{k}" for k in value] if isinstance(value, Mapping) else [key]
+
+
 def _apply(d: dict[str, Any], overrides: Iterable[str | tuple[str, Any]]) -> dict[str, Any]:
     named = []
     for ov in overrides:
         key, value = parse_override(ov) if isinstance(ov, str) else ov
         _set_dotted(d, key, value)
-        key = key.strip()
-        named += [f"{key}.{k}" for k in value] if isinstance(value, Mapping) else [key]  # attack={mode: gcg}
+        named += _named(key.strip(), value)
     _one_mode_if_named(d, named)
     return d
 
@@ -1058,7 +1061,7 @@ def load_recipe_dict(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str
         if not ppath.is_absolute():
             ppath = path.parent / ppath
         base = load_recipe_dict(ppath, _seen + (path.resolve(),))
-        named = [f"attack.{k}" for k in (data.get("attack") or {})] if isinstance(data.get("attack"), Mapping) else []
+        named = _named("attack", data["attack"]) if "attack" in data else []
         data = _merge(base, data)
         _one_mode_if_named(data, named)
     data.setdefault("recipe", path.stem)
