@@ -189,5 +189,12 @@ def test_miniature_default_alternates_soft_and_gcg_chains_and_naming_a_mode_give
     assert same.fingerprint() == cfg.fingerprint() and same.comparable_dict() == cfg.comparable_dict()
     with pytest.raises(ConfigError, match="or null for attack.steps"):
         load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.chain_steps=[null,-1]"])
+    # per-chain tokens: a null entry is attack.k, so [null, 3] is the recipe itself; naming a mode drops them
+    five = load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.chain_k=[null,5]"])
+    assert (five.attack.k_per_chain, cfg.attack.k_per_chain) == ([3, 5], [3, 3])
+    assert [five.attack.to_prompt_attack_config(0, i).k for i in (0, 1)] == [3, 5]
+    same_k = load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.chain_k=[null,3]"])
+    assert same_k.fingerprint() == cfg.fingerprint() != five.fingerprint()
+    assert apply_overrides(five, ["attack.mode=continuous"]).attack.k_per_chain == [3]
     with pytest.raises(ConfigError, match="attack.mode=continuous, for a single chain"):
         load_recipe(recipes_dir() / "miniature_star.yaml", ["attack.chains=1"])

@@ -110,18 +110,21 @@ def test_mixed_chain_modes_alternate_threat_models_and_resume_bit_identical(tmp_
     own kind of warm-start state through a checkpoint, and the resumed run ends with the same weights."""
     ov = TINY + ["iterations=5", "checkpoint.every=3", "attack.every=1", "attack.init=warm", "attack.chains=2",
                  "attack.chain_modes=[continuous,gcg]", "attack.chain_steps=[2,1]", "attack.candidates=4",
-                 "attack.topk=16"]
+                 "attack.topk=16", "attack.chain_k=[null,2]"]
     states, original = [], Trainer.train_step
 
     def recording(self, step):
         out = original(self, step)
-        states.append([None if s is None else (s.mode, s.variable.dtype) for s in self.attack_states])
+        states.append([None if s is None else (s.mode, s.variable.dtype, s.variable.shape[1])
+                       for s in self.attack_states])
         return out
 
     monkeypatch.setattr(Trainer, "train_step", recording)
     full = train("star", ov, output_dir=tmp_path / "full")
     monkeypatch.setattr(Trainer, "train_step", original)
-    assert states[-1] == [("continuous", torch.float32), ("gcg", torch.int64)]
+    k = resolve_config("star", ov).attack.k
+    assert k != 2  # each chain searches its own number of tokens (attack.chain_k)
+    assert states[-1] == [("continuous", torch.float32, k), ("gcg", torch.int64, 2)]
     log = [json.loads(ln) for ln in (full / "log.jsonl").read_text().splitlines()[:5]]
     assert ["adv_prompt" in r for r in log[1:5]] == [False, True, False, True]  # real-token rounds have a text
     _crash_after(monkeypatch, 3, ov, tmp_path / "split")
@@ -139,9 +142,13 @@ def test_mixed_chain_modes_alternate_threat_models_and_resume_bit_identical(tmp_
     with pytest.raises(ConfigError, match="attack.mode=gcg would have no effect"):  # not silently ignored
         resolve_config("star", TINY + ["attack.mode=gcg", "attack.chains=2", "attack.chain_modes=[continuous,gcg]"])
     # bound reaches the continuous chain only; the gcg chain takes its own step count
-    cfg = resolve_config("star", TINY + ["attack.bound=vocab", *ov[-6:]]).attack
-    assert [(c.mode, c.bound, c.steps) for c in (cfg.to_prompt_attack_config(0, i) for i in (0, 1))] == [
-        ("continuous", "vocab", 2), ("gcg", "none", 1)]
+    cfg = resolve_config("star", TINY + ["attack.bound=vocab", *ov[-7:]]).attack
+    assert [(c.mode, c.bound, c.steps, c.k) for c in (cfg.to_prompt_attack_config(0, i) for i in (0, 1))] == [
+        ("continuous", "vocab", 2, k), ("gcg", "none", 1, 2)]
+    with pytest.raises(ConfigError, match="attack.chain_k gives 1 token count"):
+        resolve_config("star", TINY + ["attack.chains=2", "attack.chain_k=[5]"])
+    with pytest.raises(ConfigError, match="or null for attack.k"):
+        resolve_config("star", TINY + ["attack.chains=2", "attack.chain_k=[null,0]"])
 
 
 def test_attack_restart_rounds_start_afresh(tmp_path, monkeypatch):

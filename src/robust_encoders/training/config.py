@@ -79,7 +79,7 @@ class ConfigError(ValueError):
 # Keys added after runs were already made with this config, and their defaults: while a run keeps the default, the
 # key stays out of its fingerprint, so run folders made before it existed still resume (TrainConfig.fingerprint).
 _ADDED_LATER = {"attack.candidates": 16, "attack.topk": 64, "attack.chain_modes": None, "attack.chain_steps": None,
-                "attack.eval_batch": 32}
+                "attack.eval_batch": 32, "attack.chain_k": None}
 
 
 def _check(cond: bool, msg: str) -> None:
@@ -246,7 +246,7 @@ class AttackSettings(_Section):
             "forget prompts; encoder passes only, no UNet; uses steps, lr, optimizer, init, eps; ignores k, position). "
             "Naming attack.mode (an override, or a recipe extending another) without attack.chain_modes gives "
             "every chain that mode: the per-chain modes it would otherwise inherit (the miniature recipes' soft + "
-            "GCG chains) are dropped with their chain_steps and chain count unless those are named too, so "
+            "GCG chains) are dropped with their chain_steps, chain_k and chain count unless those are named too, so "
             "attack.mode=continuous alone is one soft-token chain."
         },
     )
@@ -296,6 +296,12 @@ class AttackSettings(_Section):
                   "[continuous, gcg]: the soft chain runs attack.steps, the GCG chain 2 (a GCG step scores candidates "
                   "x prompts sequences). A null entry = attack.steps; null = attack.steps for every chain."},
     )
+    chain_k: list[int | None] | None = field(
+        default=None,
+        metadata={"help": "Adversarial tokens per chain (as many as attack.chains), e.g. [null, 5] beside chain_modes "
+                  "[continuous, gcg]: the soft chain keeps attack.k tokens, the GCG chain searches 5 real tokens (as "
+                  "the evaluation's UnlearnDiffAtk k=5 does). A null entry = attack.k; null = attack.k for every chain."},
+    )
     restart_every: int = field(
         default=0,
         metadata={"help": "Every N-th attack round starts its chain afresh from random real tokens and runs "
@@ -334,6 +340,12 @@ class AttackSettings(_Section):
                    "give one per chain, e.g. attack.chain_steps=[8,2].")
             _check(all(n is None or (isinstance(n, int) and n >= 0) for n in self.chain_steps),
                    "attack.chain_steps must be integers >= 0 (or null for attack.steps).")
+        if self.chain_k is not None:
+            _check(len(self.chain_k) == self.chains,
+                   f"attack.chain_k gives {len(self.chain_k)} token count(s) for attack.chains={self.chains}; give one "
+                   "per chain, e.g. attack.chain_k=[null,5] (null = attack.k).")
+            _check(all(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1) for n in self.chain_k),
+                   "attack.chain_k must be integers >= 1 (or null for attack.k).")
         _check(not (self.resample_xt and "gcg" in self.modes),
                "attack.resample_xt draws a new x_t per gradient step; a gcg attack (attack.mode=gcg, or a gcg entry "
                "of attack.chain_modes) compares its candidates on one x_t per step and does not support it. Use "
@@ -356,6 +368,13 @@ class AttackSettings(_Section):
             return [self.steps] * self.chains
         return [self.steps if n is None else n for n in self.chain_steps]
 
+    @property
+    def k_per_chain(self) -> list[int]:
+        """The adversarial tokens of each chain."""
+        if self.chain_k is None:
+            return [self.k] * self.chains
+        return [self.k if n is None else n for n in self.chain_k]
+
     def to_prompt_attack_config(self, seed: int, chain: int = 0):
         """The matching ``PromptAttackConfig`` of ``chain`` (``seed`` varies per round; mode=derived validates as
         continuous; with ``chain_modes``, eps and bound reach the continuous chains only)."""
@@ -365,7 +384,7 @@ class AttackSettings(_Section):
         soft = mode in ("continuous", "derived")
         return PromptAttackConfig(
             mode="continuous" if mode == "derived" else mode,
-            steps=self.steps_per_chain[chain], lr=float(self.lr), k=self.k,
+            steps=self.steps_per_chain[chain], lr=float(self.lr), k=self.k_per_chain[chain],
             position=self.position, optimizer=self.optimizer, init=self.init,
             eps=self.eps if soft or self.chain_modes is None else None,
             bound=self.bound if soft or self.chain_modes is None else "none", seed=int(seed),
@@ -794,7 +813,8 @@ class TrainConfig:
 
     def comparable_dict(self) -> dict[str, Any]:
         """``to_dict()`` with what two configs must agree on to make the same run spelled one way: per-chain attack
-        steps as numbers (``attack.chain_steps=[null, 2]`` with ``attack.steps=8`` is ``[8, 2]``).
+        steps as numbers (``attack.chain_steps=[null, 2]`` with ``attack.steps=8`` is ``[8, 2]``), per-chain tokens
+        likewise, and as null where every chain has ``attack.k`` (``attack.chain_k=[null, 3]`` with ``attack.k=3``).
 
         Example:
             >>> a = apply_overrides(TrainConfig(), ["attack.chains=2", "attack.steps=8", "attack.chain_steps=[null,2]"])
@@ -804,6 +824,9 @@ class TrainConfig:
         d = self.to_dict()
         if self.attack.chain_steps is not None:
             d["attack"]["chain_steps"] = self.attack.steps_per_chain
+        if self.attack.chain_k is not None:
+            ks = self.attack.k_per_chain
+            d["attack"]["chain_k"] = None if ks == [self.attack.k] * self.attack.chains else ks
         return d
 
     def stream_seed(self, stream: str) -> int:
@@ -983,16 +1006,17 @@ def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
 
 def _one_mode_if_named(d: dict[str, Any], named: Iterable[str]) -> None:
     """``attack.mode`` named (by overrides, or by a recipe over the one it extends) without ``attack.chain_modes``:
-    every chain takes that mode, so drop the per-chain modes ``d`` holds from below, with their per-chain steps and
-    chain count unless those are named too (``attack.mode=continuous`` alone: one soft chain)."""
+    every chain takes that mode, so drop the per-chain modes ``d`` holds from below, with their per-chain steps,
+    tokens and chain count unless those are named too (``attack.mode=continuous`` alone: one soft chain)."""
     named = set(named)
     attack = d.get("attack")
     if ("attack.mode" not in named or "attack.chain_modes" in named or not isinstance(attack, dict)
             or attack.get("chain_modes") is None):
         return
     attack["chain_modes"] = None
-    if "attack.chain_steps" not in named:
-        attack["chain_steps"] = None
+    for key in ("chain_steps", "chain_k"):
+        if f"attack.{key}" not in named:
+            attack[key] = None
     if "attack.chains" not in named:
         attack["chains"] = 1
 
