@@ -359,7 +359,8 @@ def main(argv=None) -> int:
                 f"{n} {m}" for n, m in zip(a.steps_per_chain, a.modes, strict=True)))
             if a.chain_modes and "gcg" in a.chain_modes:
                 steps += f" ({a.candidates} candidates)"
-            desc = (f"{steps}, k={a.k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}, "
+            k = "/".join(map(str, a.k_per_chain)) if len(set(a.k_per_chain)) > 1 else a.k
+            desc = (f"{steps}, k={k}, pooled x_t (DDIM {cfg.unlearn.ddim_steps}, "
                     f"{cfg.sampling.refresh} new every {cfg.sampling.refresh_every} it), "
                     f"batch {cfg.unlearn.batch_size}+{cfg.retain.batch_size}, 1 UNet")
             desc += (f", update and attack in micro-batches of {cfg.engine.micro_batch}" if cfg.engine.micro_batch
