@@ -334,18 +334,8 @@ class AttackSettings(_Section):
             _check(self.mode == "continuous", f"attack.chain_modes sets every chain's mode, so attack.mode={self.mode} "
                    "would have no effect. Leave attack.mode at continuous with attack.chain_modes (or drop "
                    "attack.chain_modes to use one mode for every chain).")
-        if self.chain_steps is not None:
-            _check(len(self.chain_steps) == self.chains,
-                   f"attack.chain_steps gives {len(self.chain_steps)} step count(s) for attack.chains={self.chains}; "
-                   "give one per chain, e.g. attack.chain_steps=[8,2].")
-            _check(all(n is None or (isinstance(n, int) and n >= 0) for n in self.chain_steps),
-                   "attack.chain_steps must be integers >= 0 (or null for attack.steps).")
-        if self.chain_k is not None:
-            _check(len(self.chain_k) == self.chains,
-                   f"attack.chain_k gives {len(self.chain_k)} token count(s) for attack.chains={self.chains}; give one "
-                   "per chain, e.g. attack.chain_k=[null,5] (null = attack.k).")
-            _check(all(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= 1) for n in self.chain_k),
-                   "attack.chain_k must be integers >= 1 (or null for attack.k).")
+        self._check_per_chain("chain_steps", "step count", "steps", 0, "[8,2]")
+        self._check_per_chain("chain_k", "token count", "k", 1, "[null,5] (null = attack.k)")
         _check(not (self.resample_xt and "gcg" in self.modes),
                "attack.resample_xt draws a new x_t per gradient step; a gcg attack (attack.mode=gcg, or a gcg entry "
                "of attack.chain_modes) compares its candidates on one x_t per step and does not support it. Use "
@@ -361,19 +351,30 @@ class AttackSettings(_Section):
         """The attack mode of each chain."""
         return list(self.chain_modes) if self.chain_modes is not None else [self.mode] * self.chains
 
+    def _check_per_chain(self, name: str, noun: str, default: str, minimum: int, example: str) -> None:
+        """A per-chain list (``chain_steps``, ``chain_k``): one entry per chain, each null (``attack.<default>``) or
+        an integer >= ``minimum``."""
+        entries = getattr(self, name)
+        if entries is None:
+            return
+        _check(len(entries) == self.chains, f"attack.{name} gives {len(entries)} {noun}(s) for attack.chains="
+               f"{self.chains}; give one per chain, e.g. attack.{name}={example}.")
+        _check(all(n is None or (isinstance(n, int) and not isinstance(n, bool) and n >= minimum) for n in entries),
+               f"attack.{name} must be integers >= {minimum} (or null for attack.{default}).")
+
+    def _per_chain(self, entries: list[int | None] | None, default: int) -> list[int]:
+        """Resolve a per-chain list: null (the whole list or an entry) is ``default``."""
+        return [default] * self.chains if entries is None else [default if n is None else n for n in entries]
+
     @property
     def steps_per_chain(self) -> list[int]:
         """The attack steps of each chain."""
-        if self.chain_steps is None:
-            return [self.steps] * self.chains
-        return [self.steps if n is None else n for n in self.chain_steps]
+        return self._per_chain(self.chain_steps, self.steps)
 
     @property
     def k_per_chain(self) -> list[int]:
         """The adversarial tokens of each chain."""
-        if self.chain_k is None:
-            return [self.k] * self.chains
-        return [self.k if n is None else n for n in self.chain_k]
+        return self._per_chain(self.chain_k, self.k)
 
     def to_prompt_attack_config(self, seed: int, chain: int = 0):
         """The matching ``PromptAttackConfig`` of ``chain`` (``seed`` varies per round; mode=derived validates as
