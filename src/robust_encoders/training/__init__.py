@@ -14,6 +14,7 @@ LoRA adapter), ``log.jsonl`` and ``checkpoints/``.
 
 from __future__ import annotations
 
+from .._lazy import attach
 from .config import (
     AttackSettings,
     CheckpointConfig,
@@ -35,25 +36,17 @@ from .config import (
 )
 from .recipes import REAL_CONCEPTS, UnknownConceptError, list_recipes, recipes_dir, resolve_concept
 
+# public name -> submodule that defines it (imported on first use, so `robust-encoders --help` stays instant)
 _LAZY = {
-    "LoraTargetError": "trainable",
-    "make_trainable": "trainable",
-    "BaseModelUnavailableError": "trainer",
-    "RunDirError": "trainer",
-    "Trainer": "trainer",
-    "resolve_config": "trainer",
-    "run_differences": "trainer",
-    "train": "trainer",
+    "LoraTargetError": ".trainable",
+    "make_trainable": ".trainable",
+    "BaseModelUnavailableError": ".trainer",
+    "RunDirError": ".trainer",
+    "Trainer": ".trainer",
+    "resolve_config": ".trainer",
+    "run_differences": ".trainer",
+    "train": ".trainer",
 }
-
-
-def __getattr__(name: str):
-    """Import torch-heavy parts on first use, so ``robust-encoders --help`` stays instant."""
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "AttackSettings",
@@ -87,3 +80,5 @@ __all__ = [
     "run_differences",
     "train",
 ]
+
+__getattr__, __dir__ = attach(__name__, _LAZY, __all__)
