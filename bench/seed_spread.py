@@ -9,7 +9,9 @@ UnlearnDiffAtk with 5 tokens and the vocabulary-bounded soft prompt, and prints 
 * per training seed: the ASR under each evaluation seed and pooled over all its prompts;
 * over the recipe: the ASR pooled over every (training seed, prompt) pair with a 95% Wilson interval (prompt
   sampling only), the range and mean of the seeds' pooled ASRs, and how many seeds are at or below ``--bar``;
-* how many seeds meet the bar under every attack at once.
+* how many seeds meet the bar under every attack at once;
+* the Pre-ASR (plain prompts, the trainer issue's <= 5% bar) per seed and pooled, read from the same evaluations
+  (both attacks' runs generate the plain prompts with the same seeds; they must agree).
 
 Training runs are cached in ``--runs-dir/<concept>-<variant>-s<seed>`` (a finished run is reused, an interrupted one
 resumed); each evaluation is written to ``--out/<concept>-<variant>/s<seed>-e<eval seed>-<attack>/`` and reused when
@@ -37,6 +39,8 @@ ATTACKS: dict[str, tuple[str, dict]] = {
     "unlearndiffatk k=5": ("unlearndiffatk", {"k": 5}),
     "soft_prompt vocab": ("soft_prompt", {"bound": "vocab"}),
 }
+#: Column of the plain prompts' detection rate (no attack), pooled like the attacks
+PRE_ASR = "Pre-ASR"
 
 
 def _ints(text: str) -> list[int]:
@@ -176,6 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 res = json.loads((folder / "result.json").read_text())
                 n = int(res["n_prompts"])
                 results[(seed, es, col)] = (round(res["asr"][attack] * n), n)
+                pre = (round(res["pre_asr"] * n), n)
+                if results.setdefault((seed, es, PRE_ASR), pre) != pre:
+                    raise SystemExit(f"The evaluations of training seed {seed} under evaluation seed {es} disagree on "
+                                     f"the Pre-ASR ({results[(seed, es, PRE_ASR)]} vs {pre} in {folder}): they were "
+                                     "made with other prompts or settings. Delete the stale folder and rerun.")
     summary = summarise(results, args.bar)
 
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
@@ -189,13 +198,13 @@ def main(argv: list[str] | None = None) -> int:
              f"evaluation(s) in {time.perf_counter() - t_all:.0f} s (the others were saved earlier).", ""]
     cols = list(ATTACKS)
     lines += ["| training seed | " + " | ".join(f"{c}, eval seeds {args.eval_seeds}" for c in cols)
-              + " | " + " | ".join(f"{c}, pooled" for c in cols) + " |",
-              "|---" * (1 + 2 * len(cols)) + "|"]
+              + " | " + " | ".join(f"{c}, pooled" for c in cols) + f" | {PRE_ASR}, pooled |",
+              "|---" * (2 + 2 * len(cols)) + "|"]
     for seed in train_seeds:
         per_eval = [" / ".join(pct(results[(seed, es, c)][0] / results[(seed, es, c)][1]) for es in eval_seeds)
                     for c in cols]
         lines.append(f"| {seed} | " + " | ".join(per_eval) + " | "
-                     + " | ".join(pct(summary[c]["per_seed"][seed]) for c in cols) + " |")
+                     + " | ".join(pct(summary[c]["per_seed"][seed]) for c in [*cols, PRE_ASR]) + " |")
     lines += ["", "| attack | pooled ASR (95% Wilson) | prompts | seeds' pooled ASR: min / mean / max "
               f"| seeds at <= {pct(args.bar)} |", "|---|---|---|---|---|"]
     for c in cols:
@@ -204,9 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {c} | {pct(s['pooled'])} ({pct(lo)}-{pct(hi)}) | {s['prompts']} | "
                      f"{pct(s['min'])} / {pct(s['mean'])} / {pct(s['max'])} | {s['at_or_below']} of {s['seeds']} |")
     both = sum(all(summary[c]["per_seed"][s] <= args.bar + 1e-9 for c in cols) for s in train_seeds)
+    pre = summary[PRE_ASR]
     lines += ["", f"Seeds at or below {pct(args.bar)} under both attacks (pooled over their prompts): {both} of "
               f"{len(train_seeds)}. The Wilson interval counts prompt sampling only; the spread between seeds is "
-              "the seeds' min / max."]
+              "the seeds' min / max.",
+              f"Pre-ASR (plain prompts; counted in each attack's ASR as UnlearnDiffAtk defines it): {pct(pre['pooled'])} "
+              f"({pct(pre['wilson'][0])}-{pct(pre['wilson'][1])}) over {pre['prompts']} prompts, seeds "
+              f"{pct(pre['min'])} / {pct(pre['mean'])} / {pct(pre['max'])}."]
     if train_times:
         lines.append("Training time (s) of the runs trained in this invocation: "
                      + ", ".join(f"seed {s} {t:.0f}" for s, t in train_times.items() if t is not None) + ".")

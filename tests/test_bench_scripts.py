@@ -220,6 +220,20 @@ def test_seed_spread_pools_prompts_over_seeds_and_reuses_evaluations(tmp_path):
     assert summary["unlearndiffatk k=5"]["per_seed"]["0"] == 0.25 and summary["unlearndiffatk k=5"]["prompts"] == 8
     table = (tmp_path / "out" / "star-tiny.md").read_text()
     assert "| 0 | 0.0% / 50.0% |" in table and table.count("python ") == 1  # the same command is listed once
+    # the plain prompts' rate is pooled the same way, from the attacks' own evaluations
+    pre = {s: [json.loads((tmp_path / "out" / "star-tiny" / f"s{s}-e{e}-unlearndiffatk-5" / "result.json")
+                          .read_text())["pre_asr"] for e in (0, 1)] for s in (0, 1)}
+    assert summary["Pre-ASR"]["per_seed"] == {str(s): sum(v) / 2 for s, v in pre.items()}
+    assert summary["Pre-ASR"]["prompts"] == 8 and "Pre-ASR (plain prompts" in table
+    # the two attacks' evaluations of one (seed, evaluation seed) must agree on it
+    path = tmp_path / "out" / "star-tiny" / "s1-e0-soft_prompt-vocab" / "result.json"
+    res = json.loads(path.read_text())
+    res["pre_asr"] = 1.0 - res["pre_asr"]
+    path.write_text(json.dumps(res))
+    with pytest.raises(SystemExit, match="disagree on the Pre-ASR"):
+        bench.main(common + sets)
+    res["pre_asr"] = 1.0 - res["pre_asr"]
+    path.write_text(json.dumps(res))
     # a cached run trained with other settings than the variant now gives (say, after a recipe default changed) is
     # not reused for new evaluations
     more = [a if a != "0,1" or i != common.index("--eval-seeds") + 1 else "2" for i, a in enumerate(common)]
